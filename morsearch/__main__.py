@@ -1,0 +1,3 @@
+from morsearch.cli import main
+
+main()

@@ -1,0 +1,26 @@
+"""Validated, frozen configs read from YAML. Imports no torch, optuna or sqlalchemy."""
+
+from morsearch.config.base import FrozenConfig
+from morsearch.config.load import load_config, read_yaml
+from morsearch.config.model import (
+    BalancingName,
+    GateName,
+    KVStrategyName,
+    ModelConfig,
+    RouterName,
+    RouterNetworkName,
+    SharingName,
+)
+
+__all__ = [
+    "BalancingName",
+    "FrozenConfig",
+    "GateName",
+    "KVStrategyName",
+    "ModelConfig",
+    "RouterName",
+    "RouterNetworkName",
+    "SharingName",
+    "load_config",
+    "read_yaml",
+]

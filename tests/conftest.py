@@ -1,0 +1,36 @@
+"""Shared fixtures: the one tiny model config, seeded and float32 by default."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from morsearch.config import ModelConfig
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_dtype():
+    torch = pytest.importorskip("torch")
+    random.seed(0)
+    torch.manual_seed(0)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float32)
+    yield
+    torch.set_default_dtype(previous)
+
+
+@pytest.fixture
+def tiny_model_config() -> ModelConfig:
+    """2 shared layers run twice, d=32, vocab 64, T 16: the config every test starts from."""
+    return ModelConfig(
+        vocab_size=64,
+        d_model=32,
+        num_heads=4,
+        num_kv_heads=2,
+        ffn_dim=64,
+        num_layers=4,
+        max_seq_len=16,
+        num_recursions=2,
+        sharing="cycle",
+    )

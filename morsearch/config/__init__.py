@@ -11,9 +11,13 @@ from morsearch.config.model import (
     RouterNetworkName,
     SharingName,
 )
+from morsearch.config.target import DeploymentTarget, DeviceName, DtypeName
 
 __all__ = [
     "BalancingName",
+    "DeploymentTarget",
+    "DeviceName",
+    "DtypeName",
     "FrozenConfig",
     "GateName",
     "KVStrategyName",

@@ -179,6 +179,11 @@ class ModelConfig(FrozenConfig):
                 )
             elif any(not 0 < c <= 1 for c in self.capacities):
                 problems.append(f"capacities={list(self.capacities)} must each lie in (0, 1]")
+            elif self.kv_strategy == "recursive_sharing" and self.capacities[0] < 1:
+                problems.append(
+                    f"kv_strategy='recursive_sharing' reuses the first step's K/V, so every token must take "
+                    f"the first step; capacities[0] must be 1.0, got {self.capacities[0]}"
+                )
             elif any(b > a for a, b in zip(self.capacities, self.capacities[1:], strict=False)):
                 problems.append(
                     f"capacities={list(self.capacities)} must be non-increasing: a token can only "

@@ -24,6 +24,11 @@ app = typer.Typer(
 )
 err_console = Console(stderr=True)
 
+
+@app.callback()
+def _root() -> None:
+    """Find the Mixture-of-Recursions transformer that fits your deployment target."""
+
 # Command modules register on ``app`` when imported (kept below ``app`` on purpose).
 from morsearch.cli import describe  # noqa: E402, F401
 

@@ -20,22 +20,24 @@ def _nearest(name: str, candidates: list[str]) -> str | None:
     return matches[0] if matches else None
 
 
-def describe_validation_error(exc: ValidationError, model: type[BaseModel], where: str = "") -> list[str]:
-    """One line per problem: ``path: message (got value)`` plus a suggestion for typos."""
-    lines = []
+def describe_validation_error(exc: ValidationError, model: type[BaseModel]) -> list[tuple[tuple[Any, ...], bool, str]]:
+    """One entry per problem: (field location, is-unknown-key, message with the bad value).
+
+    Unknown keys get the nearest valid name; model-level checks may report several lines.
+    """
+    problems: list[tuple[tuple[Any, ...], bool, str]] = []
     for error in exc.errors():
-        path = ".".join(str(part) for part in error["loc"])
-        prefix = f"{where}{path}" if path else where.rstrip(".: ") or type_name(model)
+        loc = tuple(error["loc"])
         if error["type"] == "extra_forbidden":
-            key = str(error["loc"][-1])
-            allowed = _field_names_at(model, error["loc"][:-1])
+            key = str(loc[-1])
+            allowed = _field_names_at(model, loc[:-1])
             hint = _nearest(key, allowed)
-            suggestion = f"; did you mean '{hint}'?" if hint else f"; allowed keys: {', '.join(sorted(allowed))}"
-            lines.append(f"{prefix}: unknown key '{key}'{suggestion}")
+            suggestion = f"did you mean '{hint}'?" if hint else f"allowed keys: {', '.join(sorted(allowed))}"
+            problems.append((loc, True, f"unknown key '{key}'; {suggestion}"))
             continue
         message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "value_error" and "\n" in message:  # several model-level problems
-            lines += [f"{where}{line}" for line in message.splitlines()]
+            problems += [(loc, False, line) for line in message.splitlines()]
             continue
         value = error.get("input")
         shown = "" if isinstance(value, dict) or error["type"] == "missing" else f" (got {value!r})"
@@ -45,12 +47,13 @@ def describe_validation_error(exc: ValidationError, model: type[BaseModel], wher
             hint = _nearest(value, options)
             if hint:
                 message += f"; did you mean '{hint}'?"
-        lines.append(f"{prefix}: {message}{shown}")
-    return lines
+        problems.append((loc, False, f"{message}{shown}"))
+    return problems
 
 
-def type_name(model: type[BaseModel]) -> str:
-    return model.__name__
+def format_problem(loc: tuple[Any, ...], message: str) -> str:
+    path = ".".join(str(part) for part in loc)
+    return f"{path}: {message}" if path else message
 
 
 def _field_names_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
@@ -72,8 +75,10 @@ class FrozenConfig(BaseModel):
         try:
             super().__init__(**data)
         except ValidationError as exc:
-            lines = describe_validation_error(exc, type(self))
-            raise ConfigError(f"invalid {type(self).__name__}:\n  " + "\n  ".join(lines)) from None
+            lines = [format_problem(loc, text) for loc, _, text in describe_validation_error(exc, type(self))]
+            error = ConfigError(f"invalid {type(self).__name__}:\n  " + "\n  ".join(lines))
+            error.validation_error = exc  # type: ignore[attr-defined]  # for file:line reporting
+            raise error from None
 
     def replace(self, **changes: Any) -> Self:
         """A validated copy with some fields changed (``model_copy`` skips validation)."""

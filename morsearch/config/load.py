@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from morsearch.config.base import describe_validation_error
+from morsearch.config.base import describe_validation_error, format_problem
 from morsearch.errors import ConfigError
 
 ConfigT = TypeVar("ConfigT", bound=BaseModel)
@@ -70,12 +70,11 @@ def validation_problems(
 ) -> list[str]:
     """Each pydantic error as ``file:line: field.path: message``."""
     problems = []
-    for error, text in zip(exc.errors(), describe_validation_error(exc, cls), strict=True):
-        loc = prefix + tuple(error["loc"])
-        line = key_line(node, loc) if error["type"] == "extra_forbidden" else line_of(node, loc)
+    for error_loc, unknown_key, text in describe_validation_error(exc, cls):
+        loc = prefix + error_loc
+        line = key_line(node, loc) if unknown_key else line_of(node, loc)
         where = f"{path}:{line}" if line else str(path)
-        dotted_prefix = ".".join(str(p) for p in prefix)
-        problems.append(f"{where}: {dotted_prefix + '.' if dotted_prefix else ''}{text}")
+        problems.append(f"{where}: {format_problem(loc, text)}")
     return problems
 
 
@@ -91,7 +90,10 @@ def load_config(path: str | Path, cls: type[ConfigT], *, section: str | None = N
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of {cls.__name__} fields, got {type(data).__name__}")
     try:
-        return cls.model_validate(data)
-    except ValidationError as exc:
+        return cls(**data)
+    except ConfigError as error:
+        exc = getattr(error, "validation_error", None)
+        if exc is None:
+            raise
         problems = validation_problems(exc, cls, path, node, prefix)
         raise ConfigError(f"{path}: invalid {cls.__name__}:\n  " + "\n  ".join(problems)) from None

@@ -1,0 +1,88 @@
+"""A real multi-objective Optuna study in a temp SQLite store, filled by an ask/tell loop
+the way the search fills it (user attributes for config, curve, routing, phases)."""
+
+from __future__ import annotations
+
+import math
+import random
+import warnings
+from pathlib import Path
+
+import pytest
+
+OBJECTIVES = ["val_nll", "peak_memory_mb", "decode_tokens_per_s"]
+DIRECTIONS = ["minimize", "minimize", "maximize"]
+
+
+def model_fields(router: str, num_recursions: int, d_model: int) -> dict:
+    """Valid ModelConfig fields for one point of the little design space below."""
+    fields = {"vocab_size": 256, "d_model": d_model, "num_heads": 4, "ffn_dim": 2 * d_model, "max_seq_len": 64}
+    if num_recursions == 1:
+        return {**fields, "num_layers": 4}
+    return {
+        **fields,
+        "num_layers": 2 + 2 * num_recursions,
+        "num_recursions": num_recursions,
+        "sharing": "middle_cycle",
+        "router": router,
+    }
+
+
+def fill_study(storage_url: str, study_name: str, num_trials: int = 24, seed: int = 0):
+    """Ask/tell ``num_trials`` MoR-like trials plus two baselines, a failure and a running trial."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    rng = random.Random(seed)
+    study = optuna.create_study(
+        storage=storage_url, study_name=study_name, directions=DIRECTIONS, sampler=optuna.samplers.RandomSampler(seed)
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(OBJECTIVES)
+    study.set_user_attr("reference_point", [6.0, 400.0, 0.0])
+
+    def tell(trial, router, nr, d_model, baseline=None):
+        fields = model_fields(router, nr, d_model)
+        nll = 4.0 - 0.004 * d_model - 0.15 * nr + (0.1 if router == "token_choice" else 0) + rng.uniform(0, 0.3)
+        memory = d_model * 1.5 / nr + rng.uniform(0, 20)
+        speed = 5000.0 / math.sqrt(d_model) * (1.3 if router == "expert_choice" else 1.0) + rng.uniform(0, 50)
+        trial.set_user_attr("model_config", fields)
+        trial.set_user_attr("curve", [[k * 4096, nll + 1.5 / (k + 1)] for k in range(6)])
+        trial.set_user_attr("routing", [1.0] + [round(1 - j / nr, 3) for j in range(1, nr)])
+        trial.set_user_attr("phase_seconds", {"build": 0.2, "train": 3.0 + nr, "measure": 0.8})
+        if baseline:
+            trial.set_user_attr("baseline", baseline)
+        trial.set_constraint("memory_cap", memory - 300.0)
+        study.tell(trial, [nll, memory, speed])
+
+    routers = ["none", "expert_choice", "token_choice"]
+    for nr, baseline in ((1, "vanilla"), (2, "recursive")):
+        # the search enqueues its baselines as fixed points of the same space
+        study.enqueue_trial({"router": "none", "num_recursions": nr, "d_model": 64})
+        trial = study.ask()
+        trial.suggest_categorical("router", routers)
+        trial.suggest_int("num_recursions", 1, 3)
+        trial.suggest_categorical("d_model", [32, 64, 128])
+        tell(trial, "none", nr, 64, baseline)
+    for _ in range(num_trials):
+        trial = study.ask()
+        router = trial.suggest_categorical("router", routers)
+        nr = trial.suggest_int("num_recursions", 2, 3) if router != "none" else 1
+        d_model = trial.suggest_categorical("d_model", [32, 64, 128])
+        tell(trial, router, nr, d_model)
+    failed = study.ask()
+    failed.suggest_categorical("router", routers)
+    failed.set_user_attr("failure_reason", "oom: CUDA out of memory (tried to allocate 2.00 GiB)")
+    study.tell(failed, state=optuna.trial.TrialState.FAIL)
+    study.ask()  # left RUNNING, as a worker mid-trial leaves it
+    return study
+
+
+@pytest.fixture(scope="session")
+def study_store(tmp_path_factory) -> tuple[str, str]:
+    """(storage URL, study name) of a filled study; read-only by the tests."""
+    path = Path(tmp_path_factory.mktemp("store")) / "study.db"
+    url = f"sqlite:///{path}"
+    fill_study(url, "demo")
+    return url, "demo"

@@ -1,0 +1,467 @@
+"""Fast MoR decoding: the shared block runs only for the tokens still active at a step.
+
+``MoRModel.forward(..., cache=...)`` is the reference decoder. In a decode step each
+sequence has one token, so its per-step gather along the token axis keeps every
+batch row (an inactive row is padding): every token pays for every recursion step.
+The decoders here gather along the *batch* axis instead, and go on to continuous
+depth-wise batching (docs/DECODING.md has the design and the measurements):
+
+    lockstep   all sequences decode token t together; at step r the block runs on
+               the rows whose token is still active at r; the rest wait.
+    depthwise  every sequence advances on its own. One iteration = one shared-block
+               call over every in-flight token, whatever its recursion step:
+
+                   iteration i:   seq0 step 2 | seq1 step 0 | seq2 step 1 | seq3 step 0
+                                  \\________ one call: q/k/v/o + MLP batched, ________/
+                                            attention per (layer, step) slot
+
+               A token that stops (router says so, or step Nr) is finished on the
+               next iteration (post-block layers, norm, head, next token, embedding,
+               pre-block layers) and its sequence's next token joins the block at
+               step 0 at once, so early exits leave no bubbles.
+
+Each sequence has at most one token in flight, so a sequence's K/V are written in
+position order, and the computation of a sequence does not depend on which other
+rows share its calls: outputs equal the reference's (tests/measure_tests).
+
+KV strategies follow ``kv_cache.py``: under recursion-wise caching a token writes the
+slot (layer, step) of every step it runs and attends to that slot only; under
+recursive sharing only step 0 projects and writes K/V and deeper steps read it.
+
+Shape legend: B batch (sequences), n rows in one call, D d_model, H query heads,
+G key/value heads, E head size, S cached length, V vocabulary, N new tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from morsearch.config import ModelConfig
+from morsearch.model.kv_cache import CacheSlot, KVCache, shared_source, writes_own_kv
+from morsearch.model.layers import TransformerLayer, apply_rope
+from morsearch.model.mor import MoRModel
+from morsearch.model.sharing import Application
+
+
+@dataclass
+class Generation:
+    """What one ``generate`` call produced and how.
+
+    Attributes:
+        tokens: (B, N) generated tokens; token 0 comes from the prefill.
+        logits: (B, N, V) the logits each token was chosen from (``keep_logits=True``).
+        emissions: Per iteration (0 = the prefill), the rows that emitted a token.
+        step_tokens: Decoded tokens that ran each recursion step (prompt excluded).
+        cache_bytes: Bytes the KV cache held on its device at the end.
+    """
+
+    tokens: torch.Tensor
+    logits: torch.Tensor | None
+    emissions: list[list[int]] = field(default_factory=list)
+    step_tokens: list[int] = field(default_factory=list)
+    cache_bytes: int = 0
+
+
+def _choose(logits: torch.Tensor, forced: torch.Tensor | None, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """Greedy next tokens (n,), or the forced ones (teacher forcing, for tests)."""
+    return forced[rows, cols] if forced is not None else logits.argmax(dim=-1)
+
+
+class ReferenceDecoder:
+    """The model's own forward, one (B, 1) call per token: every row runs every step."""
+
+    def __init__(self, model: MoRModel) -> None:
+        self.model = model
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompt: torch.Tensor,
+        new_tokens: int,
+        forced: torch.Tensor | None = None,
+        keep_logits: bool = False,
+        on_iteration: Callable[[], None] | None = None,
+    ) -> Generation:
+        """Greedy (or forced) generation of ``new_tokens`` after ``prompt`` (B, P)."""
+        B = prompt.shape[0]
+        cache = self.model.new_cache(B)
+        rows = torch.arange(B, device=prompt.device)
+        out = self.model(prompt, cache=cache)
+        tokens, kept = [], []
+        steps = torch.zeros(self.model.schedule.num_block_steps, device=prompt.device)
+        for t in range(new_tokens):
+            if t > 0:
+                out = self.model(tokens[-1][:, None], cache=cache)
+                steps += out.step_token_fraction * B
+            logits = out.logits[:, -1]  # (B, V)
+            tokens.append(_choose(logits, forced, rows, torch.full_like(rows, t)))
+            if keep_logits:
+                kept.append(logits)
+            if on_iteration is not None:
+                on_iteration()
+        return Generation(
+            tokens=torch.stack(tokens, dim=1),
+            logits=torch.stack(kept, dim=1) if keep_logits else None,
+            emissions=[list(range(B))] * new_tokens,
+            step_tokens=[round(x) for x in steps.tolist()],
+            cache_bytes=cache.allocated_bytes(),
+        )
+
+
+# --- decode-time routing: per-token decisions, mirroring routers.py in eval mode ---------------
+
+
+class DecodeRule:
+    """How one router kind decides, per token, whether it runs a step, and merges the output.
+
+    State lives in (B, ...) tensors indexed by batch row, so rows at different
+    recursion steps can share a call. ``rows`` are device indices of the call's rows.
+    """
+
+    def __init__(self, model: MoRModel, batch_size: int, like: torch.Tensor) -> None:
+        self.model, self.cfg = model, model.cfg
+        self.gate = like.new_zeros(batch_size)  # (B,) gate of the step a row runs next
+
+    def enter(self, rows: torch.Tensor, h: torch.Tensor) -> None:
+        """``h`` (n, 1, D) enters the first recursion step."""
+
+    def decide(self, step: int, rows: torch.Tensor, h: torch.Tensor) -> torch.Tensor | None:
+        """Whether each row (all at ``step``) runs it: (n,) bool, or None = all do."""
+        return None
+
+    def merge(self, rows: torch.Tensor, steps: torch.Tensor, h_in: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """New states (n, 1, D) of rows that ran the block at ``steps`` (n,)."""
+        return out
+
+
+class ExpertChoiceRule(DecodeRule):
+    """Step r's router thresholds its logit at 0 (sigmoid 0.5); kept: h + alpha*G*Block(h)."""
+
+    def decide(self, step: int, rows: torch.Tensor, h: torch.Tensor) -> torch.Tensor | None:
+        logits = self.model.router.networks[step](h).reshape(-1).float()  # (n,)
+        activation = torch.sigmoid if self.cfg.gate == "sigmoid" else torch.tanh
+        self.gate[rows] = (self.cfg.alpha * activation(logits)).to(self.gate.dtype)
+        return logits > 0 if self.cfg.step_capacities[step] < 1.0 else None
+
+    def merge(self, rows: torch.Tensor, steps: torch.Tensor, h_in: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        return h_in + self.gate[rows].view(-1, 1, 1) * out
+
+
+class TokenChoiceRule(DecodeRule):
+    """One router picks the depth at entry; the last step gives H1 + g * Block(h)."""
+
+    def __init__(self, model: MoRModel, batch_size: int, like: torch.Tensor) -> None:
+        super().__init__(model, batch_size, like)
+        self.depth = torch.zeros(batch_size, dtype=torch.long, device=like.device)
+        self.first = like.new_zeros(batch_size, 1, model.cfg.d_model)  # H1 of each row's token
+
+    def enter(self, rows: torch.Tensor, h: torch.Tensor) -> None:
+        router, cfg = self.model.router, self.cfg
+        logits = router.network(h).float()  # (n, 1, Nr)
+        if cfg.gate == "softmax":
+            scores = cfg.alpha * logits.softmax(dim=-1)
+        else:
+            scores = cfg.alpha * torch.sigmoid(logits)
+        biased = scores + router.balance_bias if cfg.balancing == "loss_free" else scores
+        choice = biased.argmax(dim=-1)  # (n, 1)
+        self.depth[rows] = choice[:, 0] + 1
+        self.gate[rows] = scores.gather(-1, choice.unsqueeze(-1)).reshape(-1).to(self.gate.dtype)
+        self.first[rows] = h
+
+    def decide(self, step: int, rows: torch.Tensor, h: torch.Tensor) -> torch.Tensor | None:
+        return self.depth[rows] > step
+
+    def merge(self, rows: torch.Tensor, steps: torch.Tensor, h_in: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        finishing = (self.depth[rows] == steps + 1).view(-1, 1, 1)
+        return torch.where(finishing, self.first[rows] + self.gate[rows].view(-1, 1, 1) * out, out)
+
+
+DECODE_RULES: dict[str, type[DecodeRule]] = {
+    "none": DecodeRule,
+    "expert_choice": ExpertChoiceRule,
+    "token_choice": TokenChoiceRule,
+}
+
+
+# --- a KV cache addressed by batch row ---------------------------------------------------------
+
+
+class RowSlot:
+    """K/V of one layer application; rows are appended to one at a time, each at its own length.
+
+    Lengths are known on the host, so shapes never need a device sync. Storage grows
+    in chunks (as ``CacheSlot``), so the bytes held follow the tokens really cached.
+    """
+
+    def __init__(self, slot: CacheSlot, chunk_tokens: int, device: torch.device) -> None:
+        self.keys, self.values = slot.keys, slot.values  # (B, G, capacity, E), adopted without a copy
+        lengths = slot.lengths if slot.lengths is not None else torch.zeros(slot.batch_size, dtype=torch.long)
+        self.lengths = lengths.tolist()  # host copy: entries per row
+        self.lengths_dev = lengths.to(device)
+        self.shape = (slot.batch_size, slot.kv_heads, slot.head_dim)
+        self.chunk_tokens = chunk_tokens
+
+    def _reserve(self, needed: int, like: torch.Tensor) -> None:
+        capacity = 0 if self.keys is None else self.keys.shape[2]
+        if needed <= capacity:
+            return
+        B, G, E = self.shape
+        size = -(-needed // self.chunk_tokens) * self.chunk_tokens
+        keys, values = like.new_zeros(B, G, size, E), like.new_zeros(B, G, size, E)
+        if self.keys is not None and self.values is not None:
+            keys[:, :, :capacity] = self.keys
+            values[:, :, :capacity] = self.values
+        self.keys, self.values = keys, values
+
+    def append(self, rows: list[int], rows_dev: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Write k, v (n, G, E) after each row's last entry."""
+        self._reserve(max(self.lengths[r] for r in rows) + 1, k)
+        assert self.keys is not None and self.values is not None
+        cols = self.lengths_dev[rows_dev]
+        self.keys[rows_dev, :, cols] = k
+        self.values[rows_dev, :, cols] = v
+        self.lengths_dev[rows_dev] = cols + 1
+        for r in rows:
+            self.lengths[r] += 1
+
+    def read(
+        self, rows: list[int], rows_dev: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Keys, values (n, G, S, E) of ``rows`` (sorted) and their mask (n, 1, 1, S) or None."""
+        assert self.keys is not None and self.values is not None
+        used = max(self.lengths[r] for r in rows)
+        if len(rows) == self.shape[0]:  # every row, in order: a view, no copy
+            keys, values = self.keys[:, :, :used], self.values[:, :, :used]
+        else:
+            keys, values = self.keys[rows_dev, :, :used], self.values[rows_dev, :, :used]
+        if all(self.lengths[r] == used for r in rows):
+            return keys, values, None
+        mask = torch.arange(used, device=keys.device) < self.lengths_dev[rows_dev].unsqueeze(1)  # (n, S)
+        return keys, values, mask.view(len(rows), 1, 1, used)
+
+    def allocated_bytes(self) -> int:
+        if self.keys is None or self.values is None:
+            return 0
+        return self.keys.nbytes + self.values.nbytes
+
+
+class RowCache:
+    """Every slot of one model, adopted from the ``KVCache`` the prefill filled."""
+
+    def __init__(self, cfg: ModelConfig, cache: KVCache, device: torch.device, chunk_tokens: int = 256) -> None:
+        self.cfg = cfg
+        self.slots = {app: RowSlot(slot, chunk_tokens, device) for app, slot in cache.slots.items()}
+
+    def slots_for(self, application: Application) -> tuple[RowSlot | None, RowSlot]:
+        """(slot to write or None, slot to read), as ``KVCache.slots_for``."""
+        if writes_own_kv(self.cfg, application):
+            return self.slots[application], self.slots[application]
+        return None, self.slots[shared_source(application)]
+
+    def allocated_bytes(self) -> int:
+        return sum(slot.allocated_bytes() for slot in self.slots.values())
+
+
+@dataclass
+class _Group:
+    """Rows [start, stop) of a call that run the same layer application."""
+
+    start: int
+    stop: int
+    step: int
+    rows: list[int]
+
+
+class RowDecoder:
+    """Decode by batch row: a step's block runs only on the rows active at it.
+
+    ``barrier=True`` is the lockstep schedule, ``False`` continuous depth-wise
+    batching (module docstring).
+    """
+
+    barrier = False
+
+    def __init__(self, model: MoRModel) -> None:
+        self.model, self.cfg, self.schedule = model, model.cfg, model.schedule
+
+    def _layer(
+        self,
+        layer: TransformerLayer,
+        layer_index: int,
+        x: torch.Tensor,
+        groups: list[_Group],
+        rows_dev: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
+    ) -> torch.Tensor:
+        """``layer`` on x (n, 1, D): projections and MLP over all rows, attention per group."""
+        attn, n = layer.attn, x.shape[0]
+        H, G, E = attn.num_heads, attn.num_kv_heads, attn.head_dim
+        a = layer.attn_norm(x)
+        q = apply_rope(attn.q_proj(a).view(n, 1, H, E).transpose(1, 2), *rope)  # (n, H, 1, E)
+        slots = [self.cache.slots_for((layer_index, g.step)) for g in groups]
+        # Rows are sorted by step, so the rows that project K/V (all, or step 0 under
+        # recursive sharing) are a leading slice: one k/v projection for all of them.
+        writers = sum(g.stop - g.start for g, (write, _) in zip(groups, slots, strict=True) if write is not None)
+        if writers:
+            cos, sin = rope[0][:writers], rope[1][:writers]
+            k = apply_rope(attn.k_proj(a[:writers]).view(writers, 1, G, E).transpose(1, 2), cos, sin)
+            v = attn.v_proj(a[:writers]).view(writers, G, E)
+            k = k[:, :, 0]  # (w, G, E)
+        outs = []
+        for g, (write, read) in zip(groups, slots, strict=True):
+            rows = rows_dev[g.start : g.stop]
+            if write is not None:
+                assert g.stop <= writers
+                write.append(g.rows, rows, k[g.start : g.stop], v[g.start : g.stop])
+            keys, values, mask = read.read(g.rows, rows)
+            outs.append(
+                F.scaled_dot_product_attention(q[g.start : g.stop], keys, values, attn_mask=mask, enable_gqa=H != G)
+            )
+        out = outs[0] if len(outs) == 1 else torch.cat(outs)  # (n, H, 1, E)
+        x = x + attn.o_proj(out.transpose(1, 2).reshape(n, 1, H * E))
+        return x + layer.mlp(layer.mlp_norm(x))
+
+    def _plain_layers(
+        self, applications: tuple[Application, ...], x: torch.Tensor, rows: list[int], rows_dev: torch.Tensor
+    ) -> torch.Tensor:
+        """Pre- or post-block layers: every row of the call runs each of them."""
+        rope = self.model.rope(self.positions[rows_dev].unsqueeze(1))
+        for layer_index, step in applications:
+            group = _Group(0, len(rows), step, rows)
+            x = self._layer(self.model.layers[layer_index], layer_index, x, [group], rows_dev, rope)
+        return x
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompt: torch.Tensor,
+        new_tokens: int,
+        forced: torch.Tensor | None = None,
+        keep_logits: bool = False,
+        on_iteration: Callable[[], None] | None = None,
+    ) -> Generation:
+        """Greedy (or forced) generation of ``new_tokens`` after ``prompt`` (B, P)."""
+        model, device = self.model, prompt.device
+        B, P = prompt.shape
+        nr = self.schedule.num_block_steps
+        prefill_cache = model.new_cache(B)
+        first_logits = model(prompt, cache=prefill_cache).logits[:, -1]  # (B, V)
+        self.cache = RowCache(self.cfg, prefill_cache, device)
+        del prefill_cache
+        D = self.cfg.d_model
+        dtype = first_logits.dtype
+        h_like = model.embed.weight.new_zeros(B, 1, D)
+        self.rule = DECODE_RULES[self.cfg.router](model, B, h_like)
+        self.state = h_like  # (B, 1, D) hidden state of each row's in-flight token
+        self.positions = torch.full((B,), P, dtype=torch.long, device=device)  # position of that token
+        tokens = torch.zeros(B, new_tokens, dtype=torch.long, device=device)
+        vocab = first_logits.shape[-1]
+        logits_out = torch.zeros(B, new_tokens, vocab, dtype=dtype, device=device) if keep_logits else None
+        emitted = [0] * B
+        step_tokens = [0] * nr
+        emissions: list[list[int]] = []
+
+        def emit(rows: list[int], logits: torch.Tensor) -> None:
+            rows_dev = torch.tensor(rows, device=device)
+            cols = torch.tensor([emitted[r] for r in rows], device=device)
+            tokens[rows_dev, cols] = _choose(logits, forced, rows_dev, cols)
+            if logits_out is not None:
+                logits_out[rows_dev, cols] = logits
+            for r in rows:
+                emitted[r] += 1
+            emissions.append(rows)
+
+        emit(list(range(B)), first_logits)
+        if on_iteration is not None:
+            on_iteration()
+        block: dict[int, int] = {}  # row -> recursion step its token runs next
+        pending: list[int] = []  # rows whose token left the block, to finish
+        to_begin = [r for r in range(B) if emitted[r] < new_tokens]
+        while block or pending or to_begin:
+            decisions: list[tuple[list[int], int, torch.Tensor | None]] = []  # rows, next step, keep
+            # 1. one shared-block call over every in-flight token, grouped by step
+            if block:
+                order = sorted(block, key=lambda r: (block[r], r))
+                rows_dev = torch.tensor(order, device=device)
+                groups, start = [], 0
+                for step in sorted(set(block.values())):
+                    rows = [r for r in order if block[r] == step]
+                    groups.append(_Group(start, start + len(rows), step, rows))
+                    step_tokens[step] += len(rows)
+                    start += len(rows)
+                steps_dev = torch.tensor([block[r] for r in order], device=device)
+                h_in = self.state[rows_dev]  # (n, 1, D)
+                rope = model.rope(self.positions[rows_dev].unsqueeze(1))
+                out = h_in
+                for layer_index in self.schedule.block:
+                    out = self._layer(model.layers[layer_index], layer_index, out, groups, rows_dev, rope)
+                h = self.rule.merge(rows_dev, steps_dev, h_in, out)
+                self.state[rows_dev] = h
+                for g in groups:
+                    if g.step + 1 < nr:
+                        keep = self.rule.decide(g.step + 1, rows_dev[g.start : g.stop], h[g.start : g.stop])
+                        decisions.append((g.rows, g.step + 1, keep))
+                    else:
+                        pending += g.rows
+                block = {}
+            # 2. finish tokens that left the block: post-block layers, head, next token
+            if pending and not (self.barrier and decisions):
+                finishing, pending = sorted(pending), []
+                rows_dev = torch.tensor(finishing, device=device)
+                x = self._plain_layers(self.schedule.post_block, self.state[rows_dev], finishing, rows_dev)
+                x = model.norm(x)[:, 0]
+                logits = model.lm_head(x) if model.lm_head is not None else F.linear(x, model.embed.weight)
+                emit(finishing, logits)
+                to_begin += [r for r in finishing if emitted[r] < new_tokens]
+            # 3. the next token of those sequences: embedding, pre-block layers, step-0 decision
+            if to_begin:
+                starting, to_begin = sorted(to_begin), []
+                rows_dev = torch.tensor(starting, device=device)
+                cols = torch.tensor([emitted[r] - 1 for r in starting], device=device)
+                self.positions[rows_dev] = P + cols
+                x = model.embed(tokens[rows_dev, cols]).unsqueeze(1)  # (n, 1, D)
+                x = self._plain_layers(self.schedule.pre_block, x, starting, rows_dev)
+                self.state[rows_dev] = x
+                if nr:
+                    self.rule.enter(rows_dev, x)
+                    decisions.append((starting, 0, self.rule.decide(0, rows_dev, x)))
+                else:
+                    pending += starting
+            # 4. one host sync for all routing decisions of this iteration
+            kept = [keep for _, _, keep in decisions if keep is not None]
+            flags = iter(torch.cat(kept).tolist() if kept else [])
+            for rows, step, keep in decisions:
+                for r in rows:
+                    if keep is None or next(flags):
+                        block[r] = step
+                    else:
+                        pending.append(r)
+            if on_iteration is not None:
+                on_iteration()
+        self.state = self.rule = None  # type: ignore[assignment]
+        cache_bytes = self.cache.allocated_bytes()
+        del self.cache
+        return Generation(tokens, logits_out, emissions, step_tokens, cache_bytes)
+
+
+class LockstepDecoder(RowDecoder):
+    """Row gathering without depth-wise batching: sequences wait for each other every token."""
+
+    barrier = True
+
+
+class DepthwiseDecoder(RowDecoder):
+    """Continuous depth-wise batching (the module docstring)."""
+
+    barrier = False
+
+
+DECODERS: dict[str, Callable[[MoRModel], ReferenceDecoder | RowDecoder]] = {
+    "reference": ReferenceDecoder,
+    "lockstep": LockstepDecoder,
+    "depthwise": DepthwiseDecoder,
+}

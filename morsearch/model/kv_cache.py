@@ -35,8 +35,8 @@ class CacheSlot:
 
     def _reserve(self, needed: int, like: torch.Tensor) -> None:
         capacity = 0 if self.keys is None else self.keys.shape[2]
-        if needed <= capacity:
-            return
+        if self.keys is not None and needed <= capacity:
+            return  # (a first call with nothing to store still allocates empty tensors)
         size = -(-needed // self.chunk_tokens) * self.chunk_tokens
         B, G, E = self.batch_size, self.kv_heads, self.head_dim
         keys = like.new_zeros(B, G, size, E)

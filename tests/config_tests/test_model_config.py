@@ -1,0 +1,66 @@
+"""Behaviour 7: bad configs are refused at construction, naming the field, the value and the fix."""
+
+from __future__ import annotations
+
+import pytest
+
+from morsearch.config import ModelConfig, load_config
+from morsearch.errors import ConfigError
+
+BASE = dict(vocab_size=64, d_model=32, num_heads=4, ffn_dim=64, num_layers=4)
+
+
+@pytest.mark.parametrize(
+    "changes, expected",
+    [
+        (dict(num_heads=5), ["num_heads=5 must divide d_model=32", "allowed num_heads: [1, 2, 4, 8, 16, 32]"]),
+        (dict(num_kv_heads=3), ["num_kv_heads=3 must divide num_heads=4"]),
+        (dict(num_recursions=3, sharing="cycle"), ["num_layers=4", "use num_layers=6"]),
+        (dict(num_recursions=3, sharing="middle_cycle"), ["num_layers - 2", "use num_layers=5"]),
+        (dict(num_recursions=2), ["sharing='none'", "needs num_recursions=1"]),
+        (dict(num_recursions=2, sharing="sequence", router="expert_choice"), ["whole-block recursion step"]),
+        (
+            dict(num_recursions=2, sharing="cycle", router="expert_choice", capacities=(1.0, 1.5)),
+            ["capacities=[1.0, 1.5] must each lie in (0, 1]"],
+        ),
+        (
+            dict(num_recursions=2, sharing="cycle", router="expert_choice", capacities=(0.5, 1.0)),
+            ["must be non-increasing"],
+        ),
+        (
+            dict(num_recursions=2, sharing="cycle", router="expert_choice", router_gate="softmax"),
+            ["allowed: sigmoid, tanh"],
+        ),
+        (dict(sharing="middle_cylce"), ["sharing", "did you mean 'middle_cycle'", "'middle_cylce'"]),
+        (dict(num_recursion=2), ["unknown key 'num_recursion'", "did you mean 'num_recursions'"]),
+        (dict(d_model=-4), ["d_model", "greater than or equal to 8", "-4"]),
+    ],
+)
+def test_bad_configs_name_field_value_and_fix(changes, expected):
+    with pytest.raises(ConfigError) as info:
+        ModelConfig(**{**BASE, **changes})
+    for fragment in expected:
+        assert fragment in str(info.value)
+
+
+def test_configs_are_frozen():
+    cfg = ModelConfig(**BASE)
+    with pytest.raises(Exception, match="frozen"):
+        cfg.d_model = 64  # type: ignore[misc]
+    assert cfg.replace(d_model=64).d_model == 64
+
+
+def test_paper_defaults_resolve_per_router():
+    ec = ModelConfig(**{**BASE, "num_recursions": 3, "num_layers": 3, "sharing": "cycle", "router": "expert_choice"})
+    assert (ec.gate, ec.alpha, ec.step_capacities) == ("sigmoid", 0.1, (1.0, 2 / 3, 1 / 3))
+    tc = ec.replace(router="token_choice")
+    assert (tc.gate, tc.alpha) == ("softmax", 1.0)
+    assert ec.replace(capacity_schedule="geometric").step_capacities == (1.0, 0.5, 0.25)
+
+
+def test_yaml_errors_name_file_and_line(tmp_path):
+    path = tmp_path / "m.yaml"
+    path.write_text("model:\n  d_model: 32\n  num_heads: 4\n  ffn_dim: 64\n  num_layers: 4\n  routr: none\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, ModelConfig, section="model")
+    assert f"{path}:6: model.routr: unknown key 'routr'; did you mean 'router'?" in str(info.value)

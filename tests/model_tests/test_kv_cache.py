@@ -1,0 +1,74 @@
+"""Behaviour 4: incremental decoding with the KV cache gives the full forward's logits, and the
+cache holds exactly the bytes the accounting predicts."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from morsearch.model import build_model, sizing
+from morsearch.model.sharing import layer_schedule
+
+from .helpers import config_id, tiny, valid_configs
+
+PROMPT, TOTAL = 9, 16
+TOLERANCE = dict(atol=1e-5, rtol=1e-5)  # float32: only summation order differs
+
+
+def _decode(model, idx, chunk_tokens=256):
+    cache = model.new_cache(idx.shape[0], chunk_tokens=chunk_tokens)
+    outputs = [model(idx[:, :PROMPT], cache=cache)]
+    for t in range(PROMPT, idx.shape[1]):
+        outputs.append(model(idx[:, t : t + 1], cache=cache))
+    return cache, outputs
+
+
+@pytest.mark.parametrize("cfg", valid_configs(), ids=config_id)
+def test_incremental_decoding_matches_full_forward(cfg):
+    model = build_model(cfg).eval()
+    idx = torch.randint(0, cfg.vocab_size, (3, TOTAL))
+    with torch.no_grad():
+        full = model(idx).logits
+        _, outputs = _decode(model, idx)
+    torch.testing.assert_close(torch.cat([o.logits for o in outputs], dim=1), full, **TOLERANCE)
+
+
+@pytest.mark.parametrize("cfg", valid_configs(), ids=config_id)
+def test_cache_allocates_what_the_accounting_predicts(cfg):
+    model = build_model(cfg).eval()
+    idx = torch.randint(0, cfg.vocab_size, (1, TOTAL))
+    with torch.no_grad():
+        cache, outputs = _decode(model, idx, chunk_tokens=1)
+    # tokens that ran each recursion step, summed over the prefill and every decode step
+    steps = layer_schedule(cfg).num_block_steps
+    step_tokens = [0.0] * max(cfg.num_recursions, 1)
+    for out in outputs:
+        tokens_in_call = out.logits.shape[1]
+        for step in range(steps):
+            step_tokens[step] += float(out.step_token_fraction[step]) * tokens_in_call
+    expected = sizing.kv_cache_bytes(cfg, TOTAL, step_tokens, dtype_bytes=4)
+    assert cache.allocated_bytes() == pytest.approx(expected)
+    if cfg.router == "none":  # every token at every step: exactly bytes-per-token x tokens
+        assert cache.allocated_bytes() == sizing.kv_bytes_per_token(cfg, dtype_bytes=4) * TOTAL
+
+
+def test_recursive_sharing_caches_less_than_recursion_wise():
+    wise = tiny("middle_cycle", "expert_choice", "recursion_wise", 3)
+    shared = wise.replace(kv_strategy="recursive_sharing")
+    assert sizing.kv_bytes_per_token(shared) < sizing.kv_bytes_per_token(wise)
+    vanilla = tiny("none", "none", "recursion_wise", 1, shared_layers=wise.num_layers)
+    # the paper's Tab. 2 ratios over the recursion block: (Nr+1)/(2Nr) and 1/Nr
+    block = wise.num_shared_layers * 3
+    per_slot = sizing.kv_bytes_per_token_per_slot(wise)
+    assert sizing.kv_bytes_per_token(wise) - 2 * per_slot == pytest.approx(per_slot * block * (3 + 1) / (2 * 3))
+    assert sizing.kv_bytes_per_token(shared) - 2 * per_slot == pytest.approx(per_slot * block / 3)
+    assert sizing.kv_bytes_per_token(vanilla) == per_slot * wise.num_layers
+
+
+def test_chunked_cache_grows_in_chunks():
+    cfg = tiny("cycle", "none", "recursion_wise", 2)
+    model = build_model(cfg).eval()
+    with torch.no_grad():
+        cache, _ = _decode(model, torch.randint(0, cfg.vocab_size, (2, TOTAL)), chunk_tokens=8)
+    per_slot = sizing.kv_bytes_per_token_per_slot(cfg, dtype_bytes=4)
+    assert cache.allocated_bytes() == len(cache.slots) * 2 * 16 * per_slot  # 2 rows x 16 tokens, 2 chunks

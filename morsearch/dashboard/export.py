@@ -20,7 +20,8 @@ import yaml
 
 from morsearch.config import ModelConfig
 from morsearch.errors import ConfigError, MorsearchError, StorageError
-from morsearch.search.results import StudyView, TrialRecord, open_study, redact_url
+from morsearch.search.results import StudyView, TrialRecord, open_study
+from morsearch.store import redact
 
 __all__ = ["export_file_name", "export_to_folder", "export_trial", "render_export", "trial_model_config"]
 
@@ -63,7 +64,7 @@ def render_export(view: StudyView, record: TrialRecord) -> str:
         "study": view.name,
         "trial": record.number,
         "state": record.state,
-        "storage": redact_url(view.storage_url),
+        "storage": redact(view.storage_url),
         "exported_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "objectives": objectives,
         "params": dict(record.params),
@@ -76,7 +77,10 @@ def render_export(view: StudyView, record: TrialRecord) -> str:
         + "".join(f"#   {name} = {spec['value']:.6g} ({spec['direction']})\n" for name, spec in objectives.items())
     )
     # exclude_unset keeps the file to what the search chose; defaults stay defaults.
-    body = {"model": config.model_dump(mode="json", exclude_unset=True), "metadata": metadata}
+    body: dict[str, Any] = {"model": config.model_dump(mode="json", exclude_unset=True)}
+    # budget/data/target as trained, so `morsearch train` on this file repeats the run
+    body.update({name: dict(section) for name, section in record.sections.items()})
+    body["metadata"] = metadata
     return header + yaml.safe_dump(body, sort_keys=False, allow_unicode=True)
 
 

@@ -16,6 +16,7 @@ optuna#4449), and a finished trial is converted to a ``TrialRecord`` once.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import threading
 from collections.abc import Mapping, Sequence
@@ -25,12 +26,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import sqlalchemy
 
+from morsearch import store
 from morsearch.errors import StorageError
 
 if TYPE_CHECKING:
     import optuna
     from optuna.trial import FrozenTrial
+    from sqlalchemy.engine import Engine
 
 __all__ = [
     "StudyView",
@@ -38,7 +42,6 @@ __all__ = [
     "list_studies",
     "open_study",
     "pareto_mask",
-    "redact_url",
 ]
 
 # User-attribute keys the search writes on each trial (the objective's contract with
@@ -81,6 +84,11 @@ class TrialRecord:
     constraints: Mapping[str, float] = field(default_factory=dict)
     gpu_seconds: float | None = None
     """Accelerator time the trial used (its wall time when the search did not record one)."""
+    failure_detail: str | None = None
+    sections: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    """The run's other config sections from the store (``budget``, ``data``, ``target``)."""
+    analytic: Mapping[str, Any] = field(default_factory=dict)
+    """Analytic sizing the search recorded beside the measurement (params, FLOPs, KV bytes)."""
 
     @property
     def is_complete(self) -> bool:
@@ -98,20 +106,9 @@ class TrialRecord:
         return (self.datetime_complete - self.datetime_start).total_seconds()
 
 
-def redact_url(url: str) -> str:
-    """The storage URL with any password replaced by ``***`` (safe to show or write)."""
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # not a URL at all: nothing secret to hide in a bare path
-        return url
-
-
 def _read_only_storage(url: str) -> optuna.storages.RDBStorage:
     """An Optuna RDB storage that cannot write: checked to exist before connecting."""
     import optuna
-    import sqlalchemy
     from sqlalchemy.engine import make_url
 
     try:
@@ -134,7 +131,7 @@ def _read_only_storage(url: str) -> optuna.storages.RDBStorage:
         engine_kwargs["connect_args"] = {"timeout": 30}  # workers may hold the write lock
     elif parsed.get_backend_name() == "postgresql":
         engine_kwargs["connect_args"] = {"options": "-c default_transaction_read_only=on"}
-    shown = redact_url(url)
+    shown = store.redact(url)
     try:
         engine = sqlalchemy.create_engine(url, **engine_kwargs)
         with engine.connect() as connection:
@@ -189,35 +186,49 @@ def open_study(storage_url: str, study_name: str | None = None) -> StudyView:
         if len(names) != 1:
             storage.engine.dispose()
             raise StorageError(
-                f"{redact_url(storage_url)} holds {len(names)} studies; pick one with --study "
+                f"{store.redact(storage_url)} holds {len(names)} studies; pick one with --study "
                 f"({', '.join(names) or 'none yet'})"
             )
         study_name = names[0]
     if study_name not in names:
         storage.engine.dispose()
         raise StorageError(
-            f"no study '{study_name}' in {redact_url(storage_url)}; studies there: {', '.join(names) or 'none'}"
+            f"no study '{study_name}' in {store.redact(storage_url)}; studies there: {', '.join(names) or 'none'}"
         )
     study = optuna.load_study(study_name=study_name, storage=storage)
-    return StudyView(study, storage_url)
+    return StudyView(study, storage_url, storage.engine)
 
 
 class StudyView:
     """A read-only, incrementally refreshed view of one study. Thread-safe."""
 
-    def __init__(self, study: optuna.Study, storage_url: str) -> None:
+    def __init__(self, study: optuna.Study, storage_url: str, engine: Engine) -> None:
         self._study = study
+        self._engine = engine
         self.storage_url = storage_url
         self.name: str = study.study_name
         self.directions: tuple[str, ...] = tuple(d.name.lower() for d in study.directions)
-        names = study.metric_names or study.user_attrs.get(STUDY_ATTR_OBJECTIVE_NAMES)
-        if not names or len(names) != len(self.directions):
-            names = [f"objective_{i}" for i in range(len(self.directions))]
-        self.objective_names: tuple[str, ...] = tuple(str(n) for n in names)
         self.user_attrs: dict[str, Any] = dict(study.user_attrs)
         self._lock = threading.Lock()
         self._records: dict[int, tuple[FrozenTrial, TrialRecord]] = {}
-        self._store_records: dict[int, dict[str, Any]] = {}
+        # finished trials whose ms_ record may still be on its way (written after tell)
+        self._awaiting: set[int] = set()
+        self._has_store = False
+        self._check_store()
+        settings = store.read_study(engine, self.name) if self._has_store else None
+        names = study.metric_names or study.user_attrs.get(STUDY_ATTR_OBJECTIVE_NAMES)
+        if settings is not None and len(settings.objectives) == len(self.directions):
+            names = [objective["name"] for objective in settings.objectives]
+            if settings.reference_point:
+                self.user_attrs.setdefault(STUDY_ATTR_REFERENCE_POINT, settings.reference_point)
+        if not names or len(names) != len(self.directions):
+            names = [f"objective_{i}" for i in range(len(self.directions))]
+        self.objective_names: tuple[str, ...] = tuple(str(n) for n in names)
+
+    def _check_store(self) -> None:
+        # The first worker creates the ms_ tables, possibly after the dashboard opened.
+        if not self._has_store:
+            self._has_store = sqlalchemy.inspect(self._engine).has_table("ms_trials")
 
     @property
     def reference_point(self) -> tuple[float, ...] | None:
@@ -231,15 +242,37 @@ class StudyView:
         """Every trial, sorted by number, re-reading only what changed since the last call."""
         with self._lock:
             frozen = self._study.get_trials(deepcopy=False)
-            out = []
-            for trial in frozen:
-                cached = self._records.get(trial.number)
-                # The cached storage keeps the same object for a finished trial.
-                if cached is None or cached[0] is not trial:
-                    cached = (trial, _to_record(trial))
-                    self._records[trial.number] = cached
-                out.append(cached[1])
-            return out
+            # The cached storage keeps the same object for a trial that did not change.
+            changed = [
+                t
+                for t in frozen
+                if t.number not in self._records or self._records[t.number][0] is not t or t.number in self._awaiting
+            ]
+            extra = self._store_records([t.number for t in changed if t.state.is_finished()])
+            for trial in changed:
+                rich = extra.get(trial.number)
+                self._records[trial.number] = (trial, _to_record(trial, rich))
+                self._awaiting.discard(trial.number)
+                if rich is None and self._has_store and _recent(trial):
+                    self._awaiting.add(trial.number)
+            return [self._records[t.number][1] for t in frozen]
+
+    def _store_records(self, numbers: list[int]) -> dict[int, store.TrialRecord]:
+        if not numbers:
+            return {}
+        self._check_store()
+        if not self._has_store:
+            return {}
+        try:
+            if len(numbers) > 20:  # one bulk read beats many small ones
+                wanted = set(numbers)
+                rows = store.read_trials(self._engine, self.name)
+                return {r.trial_number: r for r in rows if r.trial_number in wanted}
+            found = (store.read_trial(self._engine, self.name, n) for n in numbers)
+            return {r.trial_number: r for r in found if r is not None}
+        except StorageError:
+            # A worker mid-migration or a locked file: show Optuna's facts now, join later.
+            return {}
 
     def trial(self, number: int) -> TrialRecord:
         """One trial by number.
@@ -262,14 +295,16 @@ class StudyView:
 
     def close(self) -> None:
         """Release the store's connections."""
-        storage = self._study._storage
-        backend = getattr(storage, "_backend", storage)
-        engine = getattr(backend, "engine", None)
-        if engine is not None:
-            engine.dispose()
+        self._engine.dispose()
 
 
-def _to_record(trial: FrozenTrial) -> TrialRecord:
+def _recent(trial: FrozenTrial, window_s: float = 600.0) -> bool:
+    done = trial.datetime_complete
+    return done is not None and (datetime.now() - done).total_seconds() < window_s
+
+
+def _to_record(trial: FrozenTrial, rich: store.TrialRecord | None = None) -> TrialRecord:
+    """Optuna's trial joined with its ms_ record; the record wins where both have a fact."""
     attrs = dict(trial.user_attrs)
     values = tuple(float(v) for v in trial.values) if trial.values is not None else None
     constraints = {
@@ -286,7 +321,7 @@ def _to_record(trial: FrozenTrial) -> TrialRecord:
     failure = attrs.get(ATTR_FAILURE)
     if failure is None and trial.state.name == "FAIL":
         failure = trial.system_attrs.get("fail_reason")
-    return TrialRecord(
+    record = TrialRecord(
         number=trial.number,
         state=trial.state.name,
         values=values,
@@ -304,6 +339,29 @@ def _to_record(trial: FrozenTrial) -> TrialRecord:
         constraints=constraints,
         gpu_seconds=float(gpu) if gpu is not None and math.isfinite(float(gpu)) else None,
     )
+    if rich is None:
+        return record
+    joined: dict[str, Any] = {
+        "model_config": rich.model_config,
+        "sections": {k: v for k, v in (("budget", rich.budget), ("data", rich.data), ("target", rich.target)) if v},
+        "analytic": dict(rich.analytic or {}),
+    }
+    if rich.curve:
+        joined["curve"] = tuple((float(x), float(y)) for x, y in rich.curve)
+    if rich.routing:
+        joined["routing"] = tuple(float(v) for v in rich.routing)
+    if rich.phase_seconds:
+        joined["phase_seconds"] = {str(k): float(v) for k, v in rich.phase_seconds.items()}
+    if rich.measurement:
+        joined["measurement"] = dict(rich.measurement)
+    if rich.failure_reason:
+        joined["failure_reason"] = rich.failure_reason
+        joined["failure_detail"] = rich.failure_detail
+    if rich.constraints and not constraints:
+        joined["constraints"] = {str(k): float(v) for k, v in rich.constraints.items()}
+    if rich.device_seconds is not None:
+        joined["gpu_seconds"] = float(rich.device_seconds)
+    return dataclasses.replace(record, **joined)
 
 
 def pareto_mask(values: np.ndarray, directions: Sequence[str]) -> np.ndarray:

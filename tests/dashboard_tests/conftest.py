@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from morsearch import store
+
 OBJECTIVES = ["val_nll", "peak_memory_mb", "decode_tokens_per_s"]
 DIRECTIONS = ["minimize", "minimize", "maximize"]
 
@@ -42,19 +44,43 @@ def fill_study(storage_url: str, study_name: str, num_trials: int = 24, seed: in
         study.set_metric_names(OBJECTIVES)
     study.set_user_attr("reference_point", [6.0, 400.0, 0.0])
 
+    engine = store.get_engine(storage_url)
+    store.ensure_schema(engine)
+
     def tell(trial, router, nr, d_model, baseline=None):
         fields = model_fields(router, nr, d_model)
         nll = 4.0 - 0.004 * d_model - 0.15 * nr + (0.1 if router == "token_choice" else 0) + rng.uniform(0, 0.3)
         memory = d_model * 1.5 / nr + rng.uniform(0, 20)
         speed = 5000.0 / math.sqrt(d_model) * (1.3 if router == "expert_choice" else 1.0) + rng.uniform(0, 50)
-        trial.set_user_attr("model_config", fields)
-        trial.set_user_attr("curve", [[k * 4096, nll + 1.5 / (k + 1)] for k in range(6)])
-        trial.set_user_attr("routing", [1.0] + [round(1 - j / nr, 3) for j in range(1, nr)])
-        trial.set_user_attr("phase_seconds", {"build": 0.2, "train": 3.0 + nr, "measure": 0.8})
+        curve = [(k * 4096, nll + 1.5 / (k + 1)) for k in range(6)]
+        routing = [1.0] + [round(1 - j / nr, 3) for j in range(1, nr)]
+        phases = {"build": 0.2, "train": 3.0 + nr, "measure": 0.8}
         if baseline:
             trial.set_user_attr("baseline", baseline)
         trial.set_constraint("memory_cap", memory - 300.0)
+        if trial.number % 2:  # odd trials: the facts as user attributes only
+            trial.set_user_attr("model_config", fields)
+            trial.set_user_attr("curve", curve)
+            trial.set_user_attr("routing", routing)
+            trial.set_user_attr("phase_seconds", phases)
         study.tell(trial, [nll, memory, speed])
+        if trial.number % 2 == 0:  # even trials: the facts in the store's ms_ records only
+            store.write_trial(
+                engine,
+                store.TrialRecord(
+                    study_name=study_name,
+                    trial_number=trial.number,
+                    state="complete",
+                    config_hash=store.config_hash(fields),
+                    model_config=fields,
+                    budget={"kind": "tokens", "value": 24576},
+                    curve=tuple(curve),
+                    routing=routing,
+                    phase_seconds=phases,
+                    device_seconds=4.0 + nr,
+                    measurement={"peak_memory_bytes": int(memory * 2**20), "decode_tokens_per_s": speed},
+                ),
+            )
 
     routers = ["none", "expert_choice", "token_choice"]
     for nr, baseline in ((1, "vanilla"), (2, "recursive")):
@@ -76,6 +102,7 @@ def fill_study(storage_url: str, study_name: str, num_trials: int = 24, seed: in
     failed.set_user_attr("failure_reason", "oom: CUDA out of memory (tried to allocate 2.00 GiB)")
     study.tell(failed, state=optuna.trial.TrialState.FAIL)
     study.ask()  # left RUNNING, as a worker mid-trial leaves it
+    store.dispose_engines()
     return study
 
 

@@ -30,6 +30,8 @@ def test_export_trial_loads_as_model_config(study_store, tmp_path):
     assert meta["objectives"]["val_nll"]["value"] == pytest.approx(record.values[0])
     assert meta["objectives"]["decode_tokens_per_s"]["direction"] == "maximize"
     assert "val_nll" in path.read_text().splitlines()[2]  # objectives in the header comment too
+    if record.sections:  # the budget it trained with travels along (ms_ records)
+        assert data["budget"] == dict(record.sections["budget"])
     view.close()
 
 
@@ -66,13 +68,15 @@ def test_export_file_name_is_safe(evil):
 
 
 def test_export_to_folder_never_leaves_it(tmp_path):
-    url = f"sqlite:///{tmp_path / 'evil.db'}"
+    (tmp_path / "db").mkdir()
+    url = f"sqlite:///{tmp_path / 'db' / 'evil.db'}"
     fill_study(url, "../../escape", num_trials=2)
     view = open_study(url, "../../escape")
     folder = tmp_path / "exports"
     path = export_to_folder(view, 2, folder)
     assert path.parent == folder.resolve() and path.is_file()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["evil.db", "exports"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["db", "exports"]
+    assert [p.name for p in folder.iterdir()] == [path.name]
     # a symlink planted under the export name must not redirect the write outside
     outside = tmp_path / "outside.yaml"
     path.unlink()

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from morsearch.errors import StorageError
-from morsearch.search.results import list_studies, open_study, pareto_mask, redact_url
+from morsearch.search.results import list_studies, open_study, pareto_mask
 
 
 def test_pareto_mask_mixed_directions():
@@ -42,15 +42,17 @@ def test_view_joins_records(study_store):
     assert states.count("COMPLETE") == 26 and states.count("FAIL") == 1 and states.count("RUNNING") == 1
     baselines = {t.baseline for t in trials if t.baseline}
     assert baselines == {"vanilla", "recursive"}
-    done = trials[5]
-    assert done.model_config["d_model"] == done.params["d_model"]
-    assert len(done.curve) == 6 and done.curve[0][0] == 0
-    assert done.routing[0] == 1.0 and done.phase_seconds["measure"] == 0.8
-    assert "memory_cap" in done.constraints and done.gpu_seconds is not None
+    for done in trials[4], trials[5]:  # one joined from the ms_ records, one from user attributes
+        assert done.model_config["d_model"] == done.params["d_model"]
+        assert len(done.curve) == 6 and done.curve[0][0] == 0
+        assert done.routing[0] == 1.0 and done.phase_seconds["measure"] == 0.8
+        assert "memory_cap" in done.constraints and done.gpu_seconds is not None
+    assert trials[4].sections["budget"]["kind"] == "tokens" and trials[4].measurement["peak_memory_bytes"] > 0
+    assert trials[4].gpu_seconds == 4.0 + trials[4].params["num_recursions"]
     failed = next(t for t in trials if t.state == "FAIL")
     assert failed.failure_reason.startswith("oom")
     # the cached record object is reused when nothing changed (incremental refresh)
-    assert view.trials()[5] is done
+    assert view.trials()[5] is trials[5]
     view.close()
 
 
@@ -100,8 +102,3 @@ def test_missing_and_malformed_stores(tmp_path, study_store):
         open_study(url, "typo")
     assert list_studies(url) == ["demo"]
     assert open_study(url).name == "demo"  # the only study is picked
-
-
-def test_redact_url_hides_password():
-    assert "secret" not in redact_url("postgresql+psycopg://me:secret@db.example/ms")
-    assert redact_url("sqlite:///trials/x.db") == "sqlite:///trials/x.db"

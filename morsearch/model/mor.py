@@ -59,6 +59,13 @@ class MoRModel(nn.Module):
     def new_cache(self, batch_size: int, chunk_tokens: int = 256) -> KVCache:
         return KVCache(self.cfg, batch_size, chunk_tokens)
 
+    def compile_layers(self, **compile_kwargs: object) -> None:
+        """``torch.compile`` each unique layer in place (weights stay tied: the modules are
+        not replaced). Layers share one compiled graph per input shape, so compiling costs
+        seconds rather than minutes even for deep models; routing stays eager."""
+        for layer in self.layers:
+            layer.compile(**compile_kwargs)
+
     def after_optimizer_step(self) -> None:
         """Non-learned router state (token-choice loss-free bias); call after each step."""
         self.router.after_optimizer_step()

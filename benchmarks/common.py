@@ -1,0 +1,57 @@
+"""What every benchmark result records: device, versions, date, raw figures and targets."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def device_name() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"cpu: {platform.processor() or platform.machine()} x{__import__('os').cpu_count()}"
+
+
+def versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    found = {"python": platform.python_version()}
+    for package in ("torch", "pytorch-lightning", "torchmetrics", "optuna", "sqlalchemy", "morsearch"):
+        try:
+            found[package] = md.version(package)
+        except md.PackageNotFoundError:
+            continue
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
+        found["morsearch_commit"] = commit.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    return found
+
+
+def target(name: str, value: float, goal: float, higher_is_better: bool = True) -> dict[str, Any]:
+    met = value >= goal if higher_is_better else value <= goal
+    return {"name": name, "value": value, "target": goal, "met": bool(met)}
+
+
+def write_result(name: str, raw: dict[str, Any], targets: list[dict[str, Any]], out: Path | None = None) -> Path:
+    path = out or RESULTS / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {
+        "benchmark": name,
+        "device": device_name(),
+        "versions": versions(),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "raw": raw,
+        "targets": targets,
+    }
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    return path

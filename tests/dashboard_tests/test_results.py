@@ -7,6 +7,7 @@ import sqlite3
 import numpy as np
 import pytest
 
+from morsearch import store
 from morsearch.errors import StorageError
 from morsearch.search.results import list_studies, open_study, pareto_mask
 
@@ -51,8 +52,8 @@ def test_view_joins_records(study_store):
     assert trials[4].gpu_seconds == 4.0 + trials[4].params["num_recursions"]
     failed = next(t for t in trials if t.state == "FAIL")
     assert failed.failure_reason.startswith("oom")
-    # the cached record object is reused when nothing changed (incremental refresh)
-    assert view.trials()[5] is trials[5]
+    # a joined record is reused as long as nothing changed (incremental refresh)
+    assert view.trials()[4] is trials[4]
     view.close()
 
 
@@ -102,3 +103,25 @@ def test_missing_and_malformed_stores(tmp_path, study_store):
         open_study(url, "typo")
     assert list_studies(url) == ["demo"]
     assert open_study(url).name == "demo"  # the only study is picked
+
+
+def test_records_written_after_tell_are_joined_on_refresh(tmp_path):
+    import optuna
+
+    url = f"sqlite:///{tmp_path / 'late.db'}"
+    study = optuna.create_study(storage=url, study_name="late", directions=["minimize", "maximize"])
+    study.tell(study.ask(), [1.0, 2.0])
+    engine = store.get_engine(url)
+    store.ensure_schema(engine)
+    view = open_study(url, "late")
+    assert view.trials()[0].curve == ()
+    # the worker writes its ms_ record just after study.tell
+    fields = {"d_model": 32, "num_heads": 4, "ffn_dim": 64, "num_layers": 2}
+    record = store.TrialRecord(
+        study_name="late", trial_number=0, state="complete", config_hash="x", model_config=fields, curve=((8, 3.0),)
+    )
+    store.write_trial(engine, record)
+    assert view.trials()[0].curve == ((8.0, 3.0),)
+    assert view.trials()[0].model_config == fields
+    view.close()
+    store.dispose_engines()

@@ -54,9 +54,11 @@ class Generation:
     Attributes:
         tokens: (B, N) generated tokens; token 0 comes from the prefill.
         logits: (B, N, V) the logits each token was chosen from (``keep_logits=True``).
-        emissions: Per iteration (0 = the prefill), the rows that emitted a token.
+        emissions: Per iteration (0 = the prefill), the rows that emitted a token; a decoder
+            calls ``on_iteration`` once after each iteration, so marks and entries align.
         step_tokens: Decoded tokens that ran each recursion step (prompt excluded).
         cache_bytes: Bytes the KV cache held on its device at the end.
+        block_calls: Shared-block calls made while decoding (each runs every block layer).
     """
 
     tokens: torch.Tensor
@@ -64,6 +66,7 @@ class Generation:
     emissions: list[list[int]] = field(default_factory=list)
     step_tokens: list[int] = field(default_factory=list)
     cache_bytes: int = 0
+    block_calls: int = 0
 
 
 def _choose(logits: torch.Tensor, forced: torch.Tensor | None, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
@@ -109,6 +112,7 @@ class ReferenceDecoder:
             emissions=[list(range(B))] * new_tokens,
             step_tokens=[round(x) for x in steps.tolist()],
             cache_bytes=cache.allocated_bytes(),
+            block_calls=(new_tokens - 1) * len(steps),
         )
 
 
@@ -363,6 +367,7 @@ class RowDecoder:
         logits_out = torch.zeros(B, new_tokens, vocab, dtype=dtype, device=device) if keep_logits else None
         emitted = [0] * B
         step_tokens = [0] * nr
+        block_calls = 0
         emissions: list[list[int]] = []
 
         def emit(rows: list[int], logits: torch.Tensor) -> None:
@@ -373,8 +378,9 @@ class RowDecoder:
                 logits_out[rows_dev, cols] = logits
             for r in rows:
                 emitted[r] += 1
-            emissions.append(rows)
+            emissions[-1] += rows
 
+        emissions.append([])
         emit(list(range(B)), first_logits)
         if on_iteration is not None:
             on_iteration()
@@ -382,6 +388,7 @@ class RowDecoder:
         pending: list[int] = []  # rows whose token left the block, to finish
         to_begin = [r for r in range(B) if emitted[r] < new_tokens]
         while block or pending or to_begin:
+            emissions.append([])
             decisions: list[tuple[list[int], int, torch.Tensor | None]] = []  # rows, next step, keep
             # 1. one shared-block call over every in-flight token, grouped by step
             if block:
@@ -394,6 +401,7 @@ class RowDecoder:
                     step_tokens[step] += len(rows)
                     start += len(rows)
                 steps_dev = torch.tensor([block[r] for r in order], device=device)
+                block_calls += 1
                 h_in = self.state[rows_dev]  # (n, 1, D)
                 rope = model.rope(self.positions[rows_dev].unsqueeze(1))
                 out = h_in
@@ -442,10 +450,9 @@ class RowDecoder:
                         pending.append(r)
             if on_iteration is not None:
                 on_iteration()
-        self.state = self.rule = None  # type: ignore[assignment]
         cache_bytes = self.cache.allocated_bytes()
-        del self.cache
-        return Generation(tokens, logits_out, emissions, step_tokens, cache_bytes)
+        del self.cache  # the KV memory is freed when generation ends, as for the reference
+        return Generation(tokens, logits_out, emissions, step_tokens, cache_bytes, block_calls)
 
 
 class LockstepDecoder(RowDecoder):

@@ -62,7 +62,13 @@ class MoRModel(nn.Module):
     def compile_layers(self, **compile_kwargs: object) -> None:
         """``torch.compile`` each unique layer in place (weights stay tied: the modules are
         not replaced). Layers share one compiled graph per input shape, so compiling costs
-        seconds rather than minutes even for deep models; routing stays eager."""
+        seconds rather than minutes even for deep models; routing stays eager.
+
+        Expert-choice training sees one token count per recursion step, so static graphs
+        (one per step) are fastest; token-choice counts change every batch, so its layers
+        are compiled for dynamic shapes once instead of recompiling per batch.
+        """
+        compile_kwargs.setdefault("dynamic", self.cfg.router == "token_choice")
         for layer in self.layers:
             layer.compile(**compile_kwargs)
 

@@ -13,6 +13,7 @@ from morsearch.config.model import (
     RouterNetworkName,
     SharingName,
 )
+from morsearch.config.space import METRICS, Constraint, MetricName, Objective, ParamSpec, SearchSpace
 from morsearch.config.target import DeploymentTarget, DeviceName, DtypeName
 
 __all__ = [
@@ -35,4 +36,10 @@ __all__ = [
     "SharingName",
     "load_config",
     "read_yaml",
+    "METRICS",
+    "Constraint",
+    "MetricName",
+    "Objective",
+    "ParamSpec",
+    "SearchSpace",
 ]

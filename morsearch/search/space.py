@@ -1,0 +1,185 @@
+"""Load a search-space YAML file and refuse a wrong one before any worker starts.
+
+``load_search_space`` lists every problem it finds at once, each as
+``file:line: field.path: message``, with the bad value, what is allowed and, for
+a typo, the nearest valid name. Beyond the schema (``config.space``) it checks
+what needs the search layer: the sampler's options against its constructor, the
+baselines build, and a random sample of the space contains valid models that
+the caps do not all reject.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from morsearch.config.base import format_problem
+from morsearch.config.load import key_line, line_of, read_yaml
+from morsearch.config.space import SamplerSettings, SearchSpace, flatten_errors
+from morsearch.errors import ConfigError
+from morsearch.search.distributions import (
+    baseline_specs,
+    missing_baselines,
+    suggest,
+    violates_caps,
+)
+from morsearch.search.samplers import sampler_problems
+
+# Random configurations drawn to check that the space is not empty after caps.
+PROBE_SAMPLES = 64
+
+
+@dataclass(frozen=True)
+class SpaceReport:
+    """What ``morsearch validate`` prints about a valid space.
+
+    Attributes:
+        space: The validated space.
+        baselines: Names of the baselines that will be enqueued.
+        missing_baselines: Baselines the space cannot express, with the reason.
+        invalid_share: Share of random samples that are not a valid model.
+        capped_share: Share of random samples rejected by the caps before training.
+        warnings: Problems worth fixing that do not stop a search.
+    """
+
+    space: SearchSpace
+    baselines: list[str]
+    missing_baselines: dict[str, str]
+    invalid_share: float
+    capped_share: float
+    warnings: list[str] = field(default_factory=list)
+
+
+def _locate(path: Path, node: yaml.Node | None, loc: tuple[Any, ...], unknown_key: bool = False) -> str:
+    line = key_line(node, loc) if unknown_key else line_of(node, loc)
+    return f"{path}:{line}" if line else str(path)
+
+
+def _line_number(problem: str) -> int:
+    """The line of a ``file:line: ...`` problem (0 when it has none), to list problems in file order."""
+    parts = problem.split(":", 2)
+    return int(parts[1]) if len(parts) > 2 and parts[1].isdigit() else 0
+
+
+def _schema_problems(error: ConfigError, path: Path, node: yaml.Node | None) -> list[str]:
+    exc = getattr(error, "validation_error", None)
+    if exc is None:
+        return [f"{path}: {error}"]
+    return [
+        f"{_locate(path, node, loc, unknown_key)}: {format_problem(loc, text)}"
+        for loc, unknown_key, text in flatten_errors(exc, SearchSpace)
+    ]
+
+
+def _probe(space: SearchSpace) -> tuple[float, float, Counter[str], Counter[str]]:
+    """Draw random configurations: shares invalid and capped, with the most common reasons."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(directions=space.directions, sampler=optuna.samplers.RandomSampler(seed=0))
+    invalid: Counter[str] = Counter()
+    capped: Counter[str] = Counter()
+    n_capped = 0
+    for _ in range(PROBE_SAMPLES):
+        trial = study.ask()
+        try:
+            spec = suggest(trial, space)
+        except ConfigError as exc:
+            invalid[str(exc).split(" is not a valid model: ", 1)[-1]] += 1
+            continue
+        reasons = violates_caps(spec, space)
+        n_capped += bool(reasons)
+        capped.update(reason.split(":")[0] for reason in reasons)
+    return sum(invalid.values()) / PROBE_SAMPLES, n_capped / PROBE_SAMPLES, invalid, capped
+
+
+def _search_problems(space: SearchSpace) -> tuple[list[tuple[tuple[Any, ...], str]], SpaceReport]:
+    from optuna.trial import FixedTrial
+
+    problems: list[tuple[tuple[Any, ...], str]] = list(sampler_problems(space.sampler))
+    for baseline in baseline_specs(space):
+        try:
+            suggest(FixedTrial(baseline.params), space)
+        except ConfigError as exc:
+            problems.append((("baselines",), f"the {baseline.name} baseline is not a valid model: {exc}"))
+    invalid_share, capped_share, invalid, capped = _probe(space)
+    warnings = []
+    if invalid:
+        reason, _ = invalid.most_common(1)[0]
+        message = (
+            f"{invalid_share:.0%} of random samples are not valid models, most often: {reason.strip()}; "
+            "add a `when:` condition so they are never sampled"
+        )
+        (problems.append((("model",), message)) if invalid_share == 1 else warnings.append(message))
+    if capped and capped_share == 1:
+        problems.append(
+            (
+                ("constraints",),
+                f"the caps reject every sampled configuration ({', '.join(capped)}); "
+                "raise the caps or shrink the model section",
+            )
+        )
+    elif capped_share > 0.5:
+        warnings.append(
+            f"{capped_share:.0%} of random samples break a cap before training ({', '.join(capped)}); "
+            "shrinking the model section saves trials"
+        )
+    for name, reason in missing_baselines(space).items():
+        warnings.append(f"no {name} baseline: {reason}")
+    report = SpaceReport(
+        space=space,
+        baselines=[b.name for b in baseline_specs(space)],
+        missing_baselines=missing_baselines(space),
+        invalid_share=invalid_share,
+        capped_share=capped_share,
+        warnings=warnings,
+    )
+    return problems, report
+
+
+def check_search_space(path: str | Path) -> SpaceReport:
+    """Validate a search-space file completely and describe it.
+
+    Raises:
+        ConfigError: Listing every problem as ``file:line: field.path: message``.
+    """
+    path = Path(path)
+    data, node = read_yaml(path)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a search space is a mapping with study_name, objectives, model, budget, ...")
+    try:
+        space = SearchSpace(**data)
+    except ConfigError as error:
+        problems = _schema_problems(error, path, node)
+        try:  # the sampler section may be fine while others are not: check its options too
+            settings = SamplerSettings.model_validate(data.get("sampler", {}))
+        except ValueError:
+            settings = None
+        if settings is not None:
+            problems += [
+                f"{_locate(path, node, loc)}: {format_problem(loc, text)}" for loc, text in sampler_problems(settings)
+            ]
+        problems.sort(key=_line_number)
+        raise ConfigError(
+            f"{path}: {len(problems)} problem(s) in the search space:\n  " + "\n  ".join(problems)
+        ) from None
+    located, report = _search_problems(space)
+    if located:
+        problems = [f"{_locate(path, node, loc)}: {format_problem(loc, text)}" for loc, text in located]
+        problems.sort(key=_line_number)
+        raise ConfigError(f"{path}: {len(problems)} problem(s) in the search space:\n  " + "\n  ".join(problems))
+    return report
+
+
+def load_search_space(path: str | Path) -> SearchSpace:
+    """Load and validate a search-space YAML file.
+
+    Raises:
+        ConfigError: Listing every problem (file, line, field path, bad value,
+            what is allowed, nearest valid name for a typo).
+    """
+    return check_search_space(path).space

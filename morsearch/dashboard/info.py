@@ -111,6 +111,19 @@ class ParetoInfo:
     def front_numbers(self) -> list[int]:
         return [n for n, keep in zip(self.numbers, self.on_front, strict=True) if keep]
 
+    def pair_front(self, i: int, j: int) -> np.ndarray:
+        """Rows on the 2-objective front of objectives ``i`` and ``j`` (feasible only), ordered by ``i``.
+
+        With three objectives a trial can be on the full front yet dominated in one
+        pair's plane; this is the front that pair's plot draws as its staircase.
+        """
+        rows = np.flatnonzero(self.feasible)
+        if len(rows) == 0:
+            return rows
+        mask = pareto_mask(self.values[np.ix_(rows, [i, j])], [self.directions[i], self.directions[j]])
+        rows = rows[mask]
+        return rows[np.argsort(self.values[rows, i], kind="stable")]
+
 
 def pareto_info(
     trials: Sequence[TrialRecord],
@@ -328,9 +341,7 @@ def _groups(raw: Sequence[Any], bins: int) -> np.ndarray:
     return np.array([levels[_level(v)] for v in raw])
 
 
-def importance_info(
-    trials: Sequence[TrialRecord], objective_names: Sequence[str], *, bins: int = 8
-) -> ImportanceInfo:
+def importance_info(trials: Sequence[TrialRecord], objective_names: Sequence[str], *, bins: int = 8) -> ImportanceInfo:
     """Each design choice's importance per objective, as the correlation ratio eta^2.
 
     eta^2 = between-group variance / total variance of the objective, grouping trials

@@ -26,9 +26,7 @@ def test_pareto_mask_matches_brute_force():
     values = rng.integers(0, 6, size=(300, 3)).astype(float)  # many ties
     directions = ["minimize", "maximize", "minimize"]
     losses = values * np.array([1, -1, 1])
-    brute = [
-        not any(np.all(o <= v) and np.any(o < v) for o in losses) for v in losses
-    ]
+    brute = [not any(np.all(o <= v) and np.any(o < v) for o in losses) for v in losses]
     assert pareto_mask(values, directions).tolist() == brute
 
 

@@ -1,0 +1,295 @@
+"""Plotly figures drawn from ``info`` objects; they only draw, never compute.
+
+The static report and the live app call the same functions. Every point carries its
+trial number in ``customdata`` so a click can open that trial. Strings from the store
+(parameter values, study names) are HTML-escaped before plotly renders them as text.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from morsearch.dashboard.info import (
+    FrontDetails,
+    HypervolumeInfo,
+    ImportanceInfo,
+    ParallelInfo,
+    ParetoInfo,
+)
+
+if TYPE_CHECKING:
+    import plotly.graph_objects as go
+
+__all__ = [
+    "curves_figure",
+    "hypervolume_figure",
+    "importance_figure",
+    "parallel_figure",
+    "pareto_3d_figure",
+    "pareto_pair_figure",
+    "phases_figure",
+    "routing_figure",
+]
+
+FRONT_COLOR = "#1f77b4"
+DOMINATED_COLOR = "#9aa5b1"
+INFEASIBLE_COLOR = "#d62728"
+BASELINE_SYMBOLS = {"vanilla": "diamond", "recursive": "square"}
+MAX_HOVER_PARAMS = 12
+
+
+def _go() -> Any:
+    try:
+        import plotly.graph_objects as go
+    except ImportError:  # pragma: no cover - plotly is a core dependency; the hint is for slim installs
+        from morsearch.errors import MorsearchError
+
+        raise MorsearchError("the dashboard needs plotly: pip install 'plotly>=5.20'") from None
+    return go
+
+
+def _label(name: str, direction: str) -> str:
+    return f"{html.escape(name)} ({'lower' if direction == 'minimize' else 'higher'} is better)"
+
+
+def _hover(info: ParetoInfo, k: int) -> str:
+    lines = [f"<b>trial {info.numbers[k]}</b>" + (f" ({html.escape(info.baselines[k])})" if info.baselines[k] else "")]
+    lines += [f"{html.escape(n)}: {info.values[k, i]:.6g}" for i, n in enumerate(info.objective_names)]
+    params = list(info.params[k].items())
+    lines += [f"{html.escape(str(p))} = {html.escape(str(v))}" for p, v in params[:MAX_HOVER_PARAMS]]
+    if len(params) > MAX_HOVER_PARAMS:
+        lines.append(f"... {len(params) - MAX_HOVER_PARAMS} more")
+    if not info.feasible[k]:
+        lines.append("violates a constraint")
+    return "<br>".join(lines)
+
+
+def _groups(info: ParetoInfo) -> list[tuple[str, np.ndarray, dict[str, Any]]]:
+    """(legend name, row mask, marker style) for dominated, infeasible, front and each baseline."""
+    baseline = np.array([b is not None for b in info.baselines], dtype=bool)
+    plain = ~baseline
+    groups = [
+        ("dominated", plain & info.feasible & ~info.on_front, {"color": DOMINATED_COLOR, "opacity": 0.35}),
+        ("infeasible", plain & ~info.feasible, {"color": INFEASIBLE_COLOR, "opacity": 0.35, "symbol": "x"}),
+        ("Pareto front", plain & info.on_front, {"color": FRONT_COLOR, "opacity": 1.0, "size": 9}),
+    ]
+    for name in sorted({b for b in info.baselines if b}):
+        mask = np.array([b == name for b in info.baselines], dtype=bool)
+        style = {"color": "#ff7f0e", "size": 13, "symbol": BASELINE_SYMBOLS.get(name, "star"), "opacity": 1.0}
+        groups.append((f"baseline: {html.escape(name)}", mask, style))
+    return groups
+
+
+def pareto_pair_figure(info: ParetoInfo, i: int, j: int) -> go.Figure:
+    """Objective ``i`` against objective ``j``: front highlighted, dominated faded, baselines marked."""
+    go = _go()
+    fig = go.Figure()
+    hover = [_hover(info, k) for k in range(len(info.numbers))]
+    for name, mask, style in _groups(info):
+        rows = np.flatnonzero(mask)
+        opacity = style.pop("opacity")
+        fig.add_trace(
+            go.Scattergl(
+                x=info.values[rows, i],
+                y=info.values[rows, j],
+                mode="markers",
+                name=name,
+                marker={"size": 7, **style},
+                opacity=opacity,
+                customdata=[info.numbers[k] for k in rows],
+                hovertext=[hover[k] for k in rows],
+                hoverinfo="text",
+            )
+        )
+    pair = info.pair_front(i, j)
+    if len(pair):
+        # staircase through this pair's own 2-objective front: what the plane alone trades off
+        fig.add_trace(
+            go.Scattergl(
+                x=info.values[pair, i],
+                y=info.values[pair, j],
+                mode="lines",
+                name="front of this pair",
+                line={"color": FRONT_COLOR, "width": 1, "dash": "dot", "shape": "hv"},
+                hoverinfo="skip",
+            )
+        )
+    fig.update_layout(
+        xaxis_title=_label(info.objective_names[i], info.directions[i]),
+        yaxis_title=_label(info.objective_names[j], info.directions[j]),
+        title=f"{html.escape(info.objective_names[i])} vs {html.escape(info.objective_names[j])}",
+        margin={"l": 60, "r": 20, "t": 50, "b": 50},
+        legend={"orientation": "h", "y": -0.2},
+        clickmode="event",
+    )
+    return fig
+
+
+def pareto_3d_figure(info: ParetoInfo) -> go.Figure:
+    """All three objectives at once (the first three, when a study has more)."""
+    go = _go()
+    fig = go.Figure()
+    dims = min(3, len(info.objective_names))
+    hover = [_hover(info, k) for k in range(len(info.numbers))]
+    for name, mask, style in _groups(info):
+        rows = np.flatnonzero(mask)
+        opacity = style.pop("opacity")
+        size = style.pop("size", 4)
+        coords = {"xyz"[d]: info.values[rows, d] for d in range(dims)}
+        if dims < 3:
+            coords["z"] = np.zeros(len(rows))
+        fig.add_trace(
+            go.Scatter3d(
+                **coords,
+                mode="markers",
+                name=name,
+                opacity=opacity,
+                marker={"size": max(3, size - 4), **style},
+                customdata=[info.numbers[k] for k in rows],
+                hovertext=[hover[k] for k in rows],
+                hoverinfo="text",
+            )
+        )
+    # short titles: long ones collide in the 3-D scene
+    axes = {
+        f"{'xyz'[d]}axis_title": f"{html.escape(info.objective_names[d])} ({info.directions[d][:3]})"
+        for d in range(dims)
+    }
+    fig.update_layout(
+        scene=axes, title="All objectives", margin={"l": 0, "r": 0, "t": 40, "b": 0}, legend={"orientation": "h"}
+    )
+    return fig
+
+
+def hypervolume_figure(hv: HypervolumeInfo) -> go.Figure:
+    """Hypervolume against completed trials and against cumulative GPU hours, side by side."""
+    go = _go()
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("against trials", "against GPU time"), shared_yaxes=True)
+    hover = [f"trial {n}: {v:.4f}" for n, v in zip(hv.numbers, hv.values, strict=True)]
+    common = {"mode": "lines", "line": {"shape": "hv", "color": FRONT_COLOR}, "hovertext": hover, "hoverinfo": "text"}
+    fig.add_trace(go.Scatter(x=hv.trial_index, y=hv.values, name="by trial", **common), row=1, col=1)
+    fig.add_trace(go.Scatter(x=hv.gpu_hours, y=hv.values, name="by GPU time", **common), row=1, col=2)
+    reference = ", ".join(f"{v:.4g}" for v in hv.reference_point)
+    source = "pinned by the study" if hv.reference_pinned else "worst values + 10% of range"
+    fig.update_layout(
+        title=f"Hypervolume (share of the box up to the reference point [{reference}], {source})",
+        showlegend=False,
+        margin={"l": 60, "r": 20, "t": 70, "b": 50},
+    )
+    fig.update_xaxes(title_text="completed trials", row=1, col=1)
+    fig.update_xaxes(title_text="GPU hours", row=1, col=2)
+    fig.update_yaxes(title_text="hypervolume", row=1, col=1)
+    return fig
+
+
+def parallel_figure(par: ParallelInfo, directions: Sequence[str]) -> go.Figure:
+    """Parallel coordinates of the design choices; buttons colour the lines by each objective."""
+    go = _go()
+    dimensions = []
+    for name, column, categories in zip(par.param_names, par.param_columns, par.param_categories, strict=True):
+        dim: dict[str, Any] = {"label": html.escape(str(name)), "values": column}
+        if categories is not None:
+            dim.update(tickvals=list(range(len(categories))), ticktext=[html.escape(c) for c in categories])
+        dimensions.append(dim)
+    for name, column in zip(par.objective_names, par.objective_columns, strict=True):
+        dimensions.append({"label": html.escape(name), "values": column})
+
+    def line(k: int) -> dict[str, Any]:
+        # reversed scale for minimised objectives: good always looks the same colour
+        scale = "Viridis_r" if directions[k] == "minimize" else "Viridis"
+        return {
+            "color": par.objective_columns[k],
+            "colorscale": scale,
+            "showscale": True,
+            "colorbar": {"title": {"text": html.escape(par.objective_names[k])}},
+        }
+
+    fig = go.Figure(go.Parcoords(dimensions=dimensions, line=line(0)))
+    buttons = [
+        {"label": f"colour: {html.escape(name)}", "method": "restyle", "args": [{"line": [line(k)]}]}
+        for k, name in enumerate(par.objective_names)
+    ]
+    fig.update_layout(
+        title="Design choices and objectives",
+        updatemenus=[{"buttons": buttons, "x": 1.0, "xanchor": "right", "y": 1.32, "yanchor": "top"}],
+        margin={"l": 80, "r": 80, "t": 120, "b": 40},
+    )
+    return fig
+
+
+def importance_figure(imp: ImportanceInfo) -> go.Figure:
+    """Each design choice's importance (eta^2) per objective, as grouped bars."""
+    go = _go()
+    order = np.argsort(imp.importance.max(axis=1)) if len(imp.param_names) else []
+    fig = go.Figure()
+    for k, name in enumerate(imp.objective_names):
+        fig.add_trace(
+            go.Bar(
+                y=[html.escape(str(imp.param_names[p])) for p in order],
+                x=[float(imp.importance[p, k]) for p in order],
+                orientation="h",
+                name=html.escape(name),
+            )
+        )
+    fig.update_layout(
+        barmode="group",
+        title=f"Importance of each choice per objective (share of variance explained, {imp.num_trials} trials)",
+        xaxis={"title": "eta^2", "range": [0, 1]},
+        margin={"l": 140, "r": 20, "t": 60, "b": 50},
+        height=max(320, 60 + 28 * len(imp.param_names) * max(1, len(imp.objective_names)) // 2),
+    )
+    return fig
+
+
+def curves_figure(details: FrontDetails) -> go.Figure:
+    """Validation NLL against tokens seen, one line per trial."""
+    go = _go()
+    fig = go.Figure()
+    for number, curve in details.curves.items():
+        xs, ys = zip(*curve, strict=True) if curve else ((), ())
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", name=f"trial {number}"))
+    fig.update_layout(
+        title="Learning curves",
+        xaxis_title="tokens seen",
+        yaxis_title="validation NLL",
+        margin={"l": 60, "r": 20, "t": 50, "b": 50},
+    )
+    return fig
+
+
+def routing_figure(details: FrontDetails) -> go.Figure:
+    """Share of tokens reaching each recursion depth, one group of bars per trial."""
+    go = _go()
+    fig = go.Figure()
+    depth_count = max((len(r) for r in details.routing.values()), default=0)
+    labels = [f"trial {n}" for n in details.routing]
+    for depth in range(depth_count):
+        shares = [r[depth] if depth < len(r) else None for r in details.routing.values()]
+        fig.add_trace(go.Bar(x=labels, y=shares, name=f"depth {depth + 1}"))
+    fig.update_layout(
+        barmode="group",
+        title="Share of tokens reaching each recursion depth",
+        yaxis={"range": [0, 1.05]},
+        margin={"l": 60, "r": 20, "t": 50, "b": 50},
+    )
+    return fig
+
+
+def phases_figure(details: FrontDetails) -> go.Figure:
+    """Seconds spent in each phase (build, train, measure, ...), stacked per trial."""
+    go = _go()
+    fig = go.Figure()
+    labels = [f"trial {n}" for n in details.phases]
+    for phase in details.phase_names:
+        seconds = [p.get(phase, 0.0) for p in details.phases.values()]
+        fig.add_trace(go.Bar(x=labels, y=seconds, name=html.escape(phase)))
+    fig.update_layout(
+        barmode="stack", title="Phase timings", yaxis_title="seconds", margin={"l": 60, "r": 20, "t": 50, "b": 50}
+    )
+    return fig

@@ -93,8 +93,8 @@ class AttentionContext:
 
     Three cases, chosen by ``mor.py`` per layer application:
 
-    * plain: keys are the call's own tokens, all valid and in causal order
-      (``mask=None`` lets SDPA use its fused causal kernels);
+    * plain: keys are the call's own tokens in causal order, valid ones before any
+      padding (``mask=None`` lets SDPA use its fused causal kernels);
     * cached: new K/V are appended to a ``CacheSlot`` and queries attend to the
       slot's entries whose position is <= their own;
     * shared: a deeper recursion step reads another step's slot and projects no K/V;
@@ -126,11 +126,10 @@ class AttentionContext:
             assert k is not None and v is not None
             if self.stash is not None:
                 self.stash.append(k, v, self.query_positions, self.query_valid)
-            if self.query_valid is None:
-                return k, v, None
-            # Padded rows (token-choice, thresholded expert-choice): keys must be valid.
-            causal = self.query_positions.unsqueeze(-1) >= self.query_positions.unsqueeze(-2)
-            return k, v, _never_empty(causal & self.query_valid.unsqueeze(-2)).unsqueeze(1)
+            # Selected tokens come first in each row, in position order, and padding after
+            # them, so the plain causal mask over the compacted order never lets a valid
+            # query see padding; padding outputs are discarded by the caller.
+            return k, v, None
         if self.write_slot is not None:
             assert k is not None and v is not None
             self.write_slot.append(k, v, self.query_positions, self.query_valid)

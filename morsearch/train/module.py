@@ -17,9 +17,9 @@ accuracy and the share of tokens reaching each recursion depth.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
-from collections.abc import Callable
 
 import pytorch_lightning as pl
 import torch
@@ -78,7 +78,7 @@ class MoRLightningModule(pl.LightningModule):
         self.model_config, self.budget, self.total_steps = model_config, budget, total_steps
         self.check_finite_every = check_finite_every
         self.model = build_model(model_config)
-        self.forward_model: Callable[..., object] = self.model  # replaced by the compiled model
+        self.compiled = False
         self.train_started: float | None = None
         self.last_loss = torch.zeros(())  # detached, for progress displays
         self._nonfinite = torch.zeros((), dtype=torch.bool)
@@ -90,8 +90,11 @@ class MoRLightningModule(pl.LightningModule):
         )
 
     def compile_model(self) -> None:
-        """Use ``torch.compile`` for training steps (compiles lazily, on the first step)."""
-        self.forward_model = torch.compile(self.model)
+        """Compile each unique layer in place (``MoRModel.compile_layers``; graphs are built on the
+        first step). Routing stays eager, and validation runs eager too: its causal routing gives
+        a new token count per batch, which would only trigger recompiles."""
+        self.model.compile_layers()
+        self.compiled = True
 
     # --- training --------------------------------------------------------------
     def progress(self) -> float:
@@ -113,7 +116,7 @@ class MoRLightningModule(pl.LightningModule):
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
         idx, targets = batch[:, :-1], batch[:, 1:]  # (B, T) each
-        out = self.forward_model(idx)
+        out = self.model(idx)
         lm_loss = F.cross_entropy(out.logits.flatten(0, 1).float(), targets.flatten())
         loss = lm_loss + out.aux_loss.float()
         self.last_loss = lm_loss.detach()
@@ -156,7 +159,8 @@ class MoRLightningModule(pl.LightningModule):
     # --- validation ------------------------------------------------------------
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
         idx, targets = batch[:, :-1], batch[:, 1:]
-        out = self.model(idx)  # eval mode: causal routing; uncompiled (shapes vary with routing)
+        with torch.compiler.set_stance("force_eager") if self.compiled else contextlib.nullcontext():
+            out = self.model(idx)  # eval mode: the causal per-token routing of decoding
         logits = out.logits.float()
         nll = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
         accuracy = (logits.argmax(-1) == targets).float().mean()

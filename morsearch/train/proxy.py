@@ -27,6 +27,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.trainer.states import TrainerFn
 from torch import nn
 
 from morsearch.config import DataConfig, ModelConfig, TrainBudget
@@ -132,7 +133,7 @@ class _Recorder(pl.Callback):
         self.curve.append((tokens, nll))
         self.routing = [value for name, value in metrics.items() if name.startswith("routing_step")]
         self.last_eval_step = trainer.global_step
-        if self.on_eval is not None and trainer.training and self.on_eval(tokens, nll):
+        if self.on_eval is not None and trainer.state.fn == TrainerFn.FITTING and self.on_eval(tokens, nll):
             self.stopped_early = True
             trainer.should_stop = True
 
@@ -213,7 +214,7 @@ def _compile_first_step(module: MoRLightningModule, datamodule: MorDataModule, p
     module.compile_model()
     batch = next(iter(datamodule.train_dataloader())).to(module.device)
     with torch.autocast(module.device.type, dtype=torch.bfloat16, enabled=precision == "bf16-mixed"):
-        out = module.forward_model(batch[:, :-1])
+        out = module.model(batch[:, :-1])
         loss = out.logits.float().mean() + out.aux_loss.float()
     loss.backward()
     module.model.zero_grad(set_to_none=True)

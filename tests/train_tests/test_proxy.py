@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from morsearch.config import DataConfig
+from morsearch.errors import DataError, TrainingError
+from morsearch.train import run_proxy
+
+from .helpers import DATA, steps_budget, tiny_mor
+
+
+def test_proxy_learns_and_reports_everything() -> None:
+    result = run_proxy(tiny_mor(), steps_budget(30), DATA, device="cpu")
+    assert result.steps == 30 and result.tokens_seen == 30 * 8 * 32
+    assert [tokens for tokens, _ in result.curve] == [2560, 5120, 7680]
+    assert result.val_nll == result.curve[-1][1]
+    assert result.val_nll < math.log(128) - 1.0  # well below a uniform guess
+    assert result.curve[-1][1] < result.curve[0][1]
+    assert result.val_perplexity == pytest.approx(math.exp(result.val_nll), rel=1e-5)
+    assert 0.0 < result.val_accuracy < 1.0
+    assert len(result.routing) == 2 and result.routing[0] == 1.0 and result.routing[1] <= 1.0
+    assert set(result.phase_seconds) == {"build", "compile", "setup", "train", "validate"}
+    assert result.train_tokens_per_s > 0 and result.training_flops > 0
+    assert not result.model.training and not result.stopped_early
+
+
+def test_final_weights_are_scored_when_steps_do_not_divide() -> None:
+    result = run_proxy(tiny_mor(), steps_budget(25), DATA, device="cpu")
+    assert [tokens for tokens, _ in result.curve] == [2560, 5120, 6400]
+
+
+def test_on_eval_can_stop_the_run() -> None:
+    seen: list[tuple[int, float]] = []
+
+    def stop_at_second(tokens: int, nll: float) -> bool:
+        seen.append((tokens, nll))
+        return len(seen) == 2
+
+    result = run_proxy(tiny_mor(), steps_budget(60), DATA, on_eval=stop_at_second, device="cpu")
+    assert result.stopped_early and result.steps == 20 and len(result.curve) == 2
+    assert seen == result.curve
+
+
+def test_same_seed_same_curve_on_cpu() -> None:
+    first = run_proxy(tiny_mor(), steps_budget(20), DATA, device="cpu")
+    second = run_proxy(tiny_mor(), steps_budget(20), DATA, device="cpu")
+    for (t1, a), (t2, b) in zip(first.curve, second.curve, strict=True):
+        assert t1 == t2 and abs(a - b) <= 1e-6
+    other = run_proxy(tiny_mor(), steps_budget(20, seed=1), DATA, device="cpu")
+    assert other.curve[-1][1] != first.curve[-1][1]
+
+
+@pytest.mark.parametrize("router", ["none", "token_choice"])
+def test_other_routers_train(router: str) -> None:
+    result = run_proxy(tiny_mor(router=router), steps_budget(10), DATA, device="cpu")
+    assert math.isfinite(result.val_nll) and len(result.routing) == 2
+
+
+def test_non_finite_loss_stops_with_reason_nan() -> None:
+    with pytest.raises(TrainingError, match="non-finite") as info:
+        run_proxy(tiny_mor(), steps_budget(20, learning_rate=1e9, grad_clip=0.0), DATA, device="cpu")
+    assert info.value.reason == "nan"  # type: ignore[attr-defined]
+
+
+def test_seconds_budget_stops_on_time() -> None:
+    start = time.perf_counter()
+    result = run_proxy(tiny_mor(), steps_budget(kind="seconds", value=1.0, eval_every=1000), DATA, device="cpu")
+    assert time.perf_counter() - start < 6.0
+    assert result.steps > 1 and len(result.curve) == 1
+
+
+def test_bad_data_fails_before_any_model_is_built(tmp_path: Path) -> None:
+    missing = DataConfig(source="text", path=str(tmp_path / "missing.txt"))
+    with pytest.raises(DataError, match="missing.txt: no such file"):
+        run_proxy(tiny_mor(), steps_budget(5), missing, device="cpu")
+
+
+def test_default_device_is_cpu_without_gpu() -> None:
+    if torch.cuda.is_available():
+        pytest.skip("has a GPU")
+    result = run_proxy(tiny_mor(), steps_budget(2, eval_every=2), DATA)
+    assert next(result.model.parameters()).device.type == "cpu"

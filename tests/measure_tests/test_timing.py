@@ -1,0 +1,58 @@
+"""Timing discipline: clock, spread, percentiles, inter-token latencies."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import pytest
+import torch
+
+from morsearch.measure.timing import Clock, coefficient_of_variation, inter_token_latencies, percentile
+
+
+def test_clock_marks_are_relative_to_start_and_ordered() -> None:
+    clock = Clock(torch.device("cpu"))
+    time.sleep(0.01)  # before start(): must not count
+    clock.start()
+    time.sleep(0.02)
+    clock.mark()
+    time.sleep(0.02)
+    clock.mark()
+    first, second = clock.seconds()
+    assert 0.02 <= first < 0.2
+    assert second - first >= 0.02
+
+
+def test_coefficient_of_variation() -> None:
+    assert coefficient_of_variation([2.0]) == 0.0
+    assert coefficient_of_variation([1.0, 1.0, 1.0]) == 0.0
+    assert coefficient_of_variation([1.0, 3.0]) == pytest.approx(math.sqrt(2) / 2)
+
+
+def test_percentile_interpolates_between_ranks() -> None:
+    values = [4.0, 1.0, 3.0, 2.0]
+    assert percentile(values, 0) == 1.0
+    assert percentile(values, 100) == 4.0
+    assert percentile(values, 50) == pytest.approx(2.5)
+    assert percentile(values, 90) == pytest.approx(3.7)
+    assert math.isnan(percentile([], 50))
+
+
+def test_inter_token_latencies_follow_each_sequence() -> None:
+    # row 0 emits at t=0, 1, 3; row 1 at t=0 and 3 (it skipped the iteration at t=1)
+    times = [0.0, 1.0, 2.0, 3.0]
+    emissions = [[0, 1], [0], [], [0, 1]]
+    assert sorted(inter_token_latencies(times, emissions)) == [1.0, 2.0, 3.0]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_clock_times_queued_work() -> None:
+    clock = Clock(torch.device("cuda"))
+    x = torch.randn(4096, 4096, device="cuda")
+    clock.start()
+    for _ in range(20):
+        x = x @ x / 64
+    clock.mark()
+    assert clock.seconds()[0] > 0

@@ -32,6 +32,7 @@ def _root() -> None:
 # Command modules register on ``app`` when imported (kept below ``app`` on purpose).
 from morsearch.cli import describe  # noqa: E402, F401
 from morsearch.cli import measure  # noqa: E402, F401
+from morsearch.cli import train  # noqa: E402, F401
 from morsearch.cli import validate  # noqa: E402, F401
 
 

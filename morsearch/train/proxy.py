@@ -98,7 +98,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-class _Recorder(pl.Callback):
+class EvalRecorder(pl.Callback):
     """Times the phases inside fit, records every validation, and relays it to ``on_eval``."""
 
     def __init__(self, tokens_per_step: int, device: torch.device, on_eval: OnEval | None) -> None:
@@ -143,6 +143,8 @@ def _quiet_lightning() -> None:
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
     logging.getLogger("lightning.fabric").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")
+    warnings.filterwarnings("ignore", message=".*callbacks used to create the checkpoint need to be provided.*")
     warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
 
 
@@ -167,7 +169,7 @@ def make_trainer(
         accelerator=device.type,
         devices=[device.index or 0] if device.type == "cuda" else 1,
         precision=precision_for(budget, device),
-        max_epochs=1,  # the training stream is endless: one epoch, cut by max_steps or should_stop
+        max_epochs=-1,  # the training stream is endless: cut by max_steps or should_stop
         max_steps=total_steps if total_steps is not None else -1,
         val_check_interval=eval_every,
         check_val_every_n_epoch=None,
@@ -250,7 +252,7 @@ def run_proxy(
     started = time.perf_counter()
     target = resolve_device(device)
     module, datamodule, total_steps = prepare(model_config, budget, data, target)
-    recorder = _Recorder(budget.tokens_per_step, target, on_eval)
+    recorder = EvalRecorder(budget.tokens_per_step, target, on_eval)
     trainer = make_trainer(budget, target, total_steps, eval_interval(budget, total_steps), [recorder])
     _sync(target)
     phases = {"build": time.perf_counter() - started, "compile": 0.0}

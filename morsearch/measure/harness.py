@@ -170,4 +170,3 @@ def measure(
         prefill_seconds=tuple(prefill_s),
         versions=library_versions(),
     )
-

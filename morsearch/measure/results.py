@@ -69,6 +69,5 @@ class Measurement:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (tuples become lists)."""
         return {
-            key: list(value) if isinstance(value, tuple) else value
-            for key, value in dataclasses.asdict(self).items()
+            key: list(value) if isinstance(value, tuple) else value for key, value in dataclasses.asdict(self).items()
         }

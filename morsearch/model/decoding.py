@@ -232,9 +232,7 @@ class RowSlot:
         for r in rows:
             self.lengths[r] += 1
 
-    def read(
-        self, rows: list[int], rows_dev: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def read(self, rows: list[int], rows_dev: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Keys, values (n, G, S, E) of ``rows`` (sorted) and their mask (n, 1, 1, S) or None."""
         assert self.keys is not None and self.values is not None
         used = max(self.lengths[r] for r in rows)

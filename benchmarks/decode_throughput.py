@@ -1,0 +1,242 @@
+"""Decode throughput and memory: vanilla, recursive and MoR on one base shape, in one run.
+
+    python -m benchmarks.decode_throughput            # GPU: writes benchmarks/results/decode_throughput.json
+    python -m benchmarks.decode_throughput --quick    # CPU smoke run with a tiny shape (not written)
+
+Models (issue "Measured memory and throughput ...", Speed), all with the same width and
+the same effective depth (unique layers x recursions, as the paper compares them):
+  vanilla               sharing none; timed with the model's own decoder and the row decoder
+  recursive-nr{2,3,4}   Middle-Cycle, no routing (every token every step)
+  mor{2,3,4}-{ec,tc}-{cache,share}
+                        expert/token-choice routing, recursion-wise caching / recursive sharing
+  mor3-ec-cache@lockstep, @reference
+                        the same model with the other decoders, to show where the speed comes from
+Each is measured by ``morsearch.measure.measure`` (warm-up, CUDA events, repeats, median)
+with continuous depth-wise batching unless named otherwise, at batch 1, 32 and 256,
+prompt 512, 256 new tokens, bfloat16.
+
+Random expert-choice routers keep about half of the surviving tokens at every step
+(logits are symmetric around 0), not the capacity schedule a trained router learns
+(Nr=3: 1, 2/3, 1/3 of all tokens). ``calibrate_routers`` shifts each router along
+the mean direction of its inputs until its share matches the schedule, so the depth
+statistics are those of a trained model; the realised shares are recorded.
+
+Targets: at batch >= 32, MoR Nr=3 (expert-choice, recursion-wise caching) decodes >= 1.5x
+vanilla's tokens/s (vanilla: its faster decoder); recursive sharing's KV bytes <= recursion-wise
+caching's for every Nr, router and batch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from typing import Any
+
+import torch
+
+from benchmarks.common import target, write_result
+from morsearch.config import DeploymentTarget, ModelConfig
+from morsearch.measure import measure
+from morsearch.model import MoRModel, build_model
+from morsearch.model.decoding import DECODERS
+
+
+def base_shape(quick: bool) -> dict[str, Any]:
+    if quick:
+        return {
+            "vocab_size": 256,
+            "d_model": 64,
+            "num_heads": 4,
+            "num_kv_heads": 2,
+            "ffn_dim": 176,
+            "num_layers": 14,
+            "max_seq_len": 64,
+        }
+    # SmolLM-360M width; 26 = 2 + 24 layers so Middle-Cycle divides for Nr = 2, 3 and 4
+    return {
+        "vocab_size": 49152,
+        "d_model": 960,
+        "num_heads": 15,
+        "num_kv_heads": 5,
+        "ffn_dim": 2560,
+        "num_layers": 26,
+        "max_seq_len": 1024,
+    }
+
+
+def variants(quick: bool) -> dict[str, tuple[ModelConfig, str]]:
+    """name -> (config, decoder)."""
+    base = base_shape(quick)
+    found = {
+        "vanilla@reference": (ModelConfig(**base), "reference"),
+        "vanilla": (ModelConfig(**base), "depthwise"),
+    }
+    recursion = {"sharing": "middle_cycle"}
+    for nr in (2, 3, 4):
+        found[f"recursive-nr{nr}"] = (ModelConfig(**base, **recursion, num_recursions=nr), "depthwise")
+        for router, short in (("expert_choice", "ec"), ("token_choice", "tc")):
+            for kv, kv_short in (("recursion_wise", "cache"), ("recursive_sharing", "share")):
+                cfg = ModelConfig(**base, **recursion, num_recursions=nr, router=router, kv_strategy=kv)
+                found[f"mor{nr}-{short}-{kv_short}"] = (cfg, "depthwise")
+    for decoder in ("lockstep", "reference"):
+        found[f"mor3-ec-cache@{decoder}"] = (found["mor3-ec-cache"][0], decoder)
+    return found
+
+
+@torch.no_grad()
+def calibrate_routers(model: MoRModel, tokens: torch.Tensor, iterations: int = 30) -> list[float]:
+    """Make random expert-choice routers keep the capacity schedule's share of tokens.
+
+    Router r's weight becomes w + c * u, with u the unit mean of its inputs; c is
+    found by bisection so that step r runs ``capacity_r`` of the tokens in eval mode
+    (per-token threshold). Returns the realised shares.
+    """
+    cfg = model.cfg
+    if cfg.router != "expert_choice":
+        return model(tokens).step_token_fraction.tolist()
+    for step in range(1, cfg.num_recursions):
+        network = model.router.networks[step]
+        seen: list[torch.Tensor] = []
+        hook = network.register_forward_hook(lambda module, args, out, seen=seen: seen.append(args[0].flatten(0, -2)))
+        model(tokens)
+        hook.remove()
+        inputs = seen[0].float()  # (tokens, D) states the router scores (with padding entries)
+        direction = inputs.mean(dim=0)
+        direction /= direction.norm()
+        weight = network.weight.detach().clone()
+        spread = (inputs @ weight.float().T).std().item() / max((inputs @ direction).abs().mean().item(), 1e-6)
+        low, high = -50 * spread, 50 * spread
+        for _ in range(iterations):
+            shift = (low + high) / 2
+            network.weight.copy_(weight + shift * direction.to(weight.dtype))
+            share = model(tokens).step_token_fraction[step].item()
+            low, high = (shift, high) if share < cfg.step_capacities[step] else (low, shift)
+        network.weight.copy_(weight + (low + high) / 2 * direction.to(weight.dtype))
+    return model(tokens).step_token_fraction.tolist()
+
+
+def block_statistics(model: MoRModel, decoder: str, batch: int, prompt_len: int, new_tokens: int) -> dict[str, float]:
+    """Shared-block calls per generated token and rows per call, from one untimed generation."""
+    prompt = torch.randint(0, model.cfg.vocab_size, (batch, prompt_len), device=model.embed.weight.device)
+    generation = DECODERS[decoder](model).generate(prompt, new_tokens)
+    decoded = batch * (new_tokens - 1)
+    calls = max(generation.block_calls, 1)
+    return {
+        "block_calls_per_step": generation.block_calls / (new_tokens - 1),
+        "rows_per_block_call": sum(generation.step_tokens) / calls,
+        "mean_depth": sum(generation.step_tokens) / decoded,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny CPU smoke run; result not written")
+    parser.add_argument("--batches", type=int, nargs="+", default=None)
+    parser.add_argument("--only", nargs="+", default=None, help="variant names to run (default: all)")
+    parser.add_argument("--repeats", type=int, default=None)
+    args = parser.parse_args()
+    device = "cpu" if args.quick or not torch.cuda.is_available() else "cuda"
+    batches = args.batches or ([4] if args.quick else [1, 32, 256])
+    prompt_len, new_tokens = (24, 12) if args.quick else (512, 256)
+    repeats = args.repeats or (2 if args.quick else 3)
+    dtype = "float32" if args.quick else "bfloat16"
+
+    chosen = {k: v for k, v in variants(args.quick).items() if args.only is None or k in args.only}
+    raw: dict[str, Any] = {
+        "device_kind": device,
+        "dtype": dtype,
+        "prompt_len": prompt_len,
+        "new_tokens": new_tokens,
+        "repeats": repeats,
+        "runs": {},
+    }
+    runs: dict[str, dict[str, Any]] = raw["runs"]
+    calibration_tokens = torch.randint(
+        0, base_shape(args.quick)["vocab_size"], (4, prompt_len), generator=torch.Generator().manual_seed(1)
+    ).to(device)
+    for name, (cfg, decoder) in chosen.items():
+        torch.manual_seed(0)
+        model = build_model(cfg, device=device, dtype=getattr(torch, dtype)).eval()
+        shares = calibrate_routers(model, calibration_tokens)
+        runs[name] = {
+            "decoder": decoder,
+            "config": cfg.model_dump(mode="json"),
+            "calibrated_step_shares": shares,
+            "by_batch": {},
+        }
+        for batch in batches:
+            deployment = DeploymentTarget(
+                name=f"b{batch}",
+                device=device,
+                dtype=dtype,
+                batch_size=batch,
+                prompt_len=prompt_len,
+                new_tokens=new_tokens,
+                repeats=repeats,
+                warmup=1,
+            )
+            try:
+                m = measure(model, deployment, decoder=decoder)
+            except torch.OutOfMemoryError:
+                runs[name]["by_batch"][str(batch)] = {"error": "oom"}
+                continue
+            record = {key: value for key, value in m.to_dict().items() if key not in ("versions",)}
+            if cfg.router != "none" or cfg.num_recursions > 1:
+                record.update(block_statistics(model, decoder, batch, prompt_len, new_tokens))
+            runs[name]["by_batch"][str(batch)] = record
+            print(
+                f"{name:26s} B={batch:<4d} decode {m.decode_tokens_per_s:12.1f} tok/s  "
+                f"peak {m.peak_memory_bytes / 2**20:9.1f} MiB  kv {m.kv_cache_bytes / 2**20:8.1f} MiB  "
+                f"cv {m.decode_cv:.3f}  steps {[round(x, 2) for x in m.step_token_fraction]}",
+                flush=True,
+            )
+        del model
+        if device == "cuda":
+            torch.cuda.empty_cache()
+
+    targets = summarise(raw, batches)
+    for t in targets:
+        print(f"{t['name']:48s} {t['value']:.3f} (target {t['target']}) {'met' if t['met'] else 'MISSED'}")
+    if args.quick:
+        assert all(math.isfinite(r["decode_tokens_per_s"]) for run in runs.values() for r in run["by_batch"].values())
+        print("quick run: result not written")
+        return
+    print("wrote", write_result("decode_throughput", raw, targets))
+
+
+def summarise(raw: dict[str, Any], batches: list[int]) -> list[dict[str, Any]]:
+    """Ratios against vanilla (its faster decoder) into ``raw``; the targets."""
+    runs = raw["runs"]
+
+    def rate(name: str, batch: int) -> float:
+        record = runs.get(name, {}).get("by_batch", {}).get(str(batch), {})
+        return record.get("decode_tokens_per_s", math.nan)
+
+    ratios: dict[str, dict[str, float]] = {}
+    for batch in batches:
+        vanilla = max(rate("vanilla", batch), rate("vanilla@reference", batch))
+        ratios[str(batch)] = {name: rate(name, batch) / vanilla for name in runs}
+    raw["decode_speedup_vs_vanilla"] = ratios
+    targets = [
+        target(
+            f"mor3-ec-cache decode speedup vs vanilla, batch {b}", ratios[str(b)].get("mor3-ec-cache", math.nan), 1.5
+        )
+        for b in batches
+        if b >= 32
+    ]
+    worst = 0.0
+    for name, run in runs.items():
+        if name.endswith("-share"):
+            twin = runs.get(name.removesuffix("-share") + "-cache")
+            for batch, record in run["by_batch"].items():
+                if twin and "kv_cache_bytes" in record and "kv_cache_bytes" in twin["by_batch"].get(batch, {}):
+                    worst = max(worst, record["kv_cache_bytes"] / twin["by_batch"][batch]["kv_cache_bytes"])
+    if worst:
+        targets.append(
+            target("KV bytes, recursive sharing / recursion-wise (worst)", worst, 1.0, higher_is_better=False)
+        )
+    return targets
+
+
+if __name__ == "__main__":
+    main()

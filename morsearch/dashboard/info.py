@@ -35,6 +35,7 @@ __all__ = [
     "apply_filter",
     "default_reference_point",
     "export_command",
+    "filter_options",
     "front_details",
     "front_table",
     "hypervolume",
@@ -56,10 +57,12 @@ class TrialFilter:
     Attributes:
         bounds: objective name -> (low, high); either end may be None (e.g. memory <= X is (None, X)).
         choices: parameter name -> allowed values (compared as strings, so YAML and JSON agree).
+        ranges: numeric parameter name -> (low, high); a trial without the parameter fails the range.
     """
 
     bounds: Mapping[str, tuple[float | None, float | None]] = field(default_factory=dict)
     choices: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    ranges: Mapping[str, tuple[float | None, float | None]] = field(default_factory=dict)
 
     def keeps(self, trial: TrialRecord, names: Sequence[str]) -> bool:
         """True if a completed trial satisfies every bound and choice."""
@@ -74,11 +77,25 @@ class TrialFilter:
         for param, allowed in self.choices.items():
             if allowed and _level(trial.params.get(param)) not in {str(a) for a in allowed}:
                 return False
+        for param, (low, high) in self.ranges.items():
+            value = trial.params.get(param)
+            if not isinstance(value, int | float) or isinstance(value, bool):
+                return False
+            if (low is not None and value < low) or (high is not None and value > high):
+                return False
         return True
 
 
 def _level(value: Any) -> str:
     return MISSING if value is None else str(value)
+
+
+def _levels(raw: Sequence[Any]) -> list[str]:
+    """Distinct levels in a readable order: numbers by value, then strings, then the unset level."""
+    present = {v for v in raw if v is not None}
+    numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in present)
+    ordered = sorted(present, key=float) if numeric else sorted(present, key=str)
+    return [str(v) for v in dict.fromkeys(ordered)] + ([MISSING] if any(v is None for v in raw) else [])
 
 
 def apply_filter(trials: Sequence[TrialRecord], names: Sequence[str], where: TrialFilter) -> list[TrialRecord]:
@@ -155,6 +172,34 @@ def pareto_info(
         params=[t.params for t in shown],
         num_total=len(complete),
     )
+
+
+def filter_options(
+    trials: Sequence[TrialRecord], objective_names: Sequence[str], *, max_levels: int = 16
+) -> dict[str, Any]:
+    """What the filter panel offers: each objective's range, each choice's levels or numeric range.
+
+    Returns:
+        ``{"objectives": {name: [min, max]}, "choices": {param: [levels]}, "ranges": {param: [min, max]}}``;
+        a numeric choice with more than ``max_levels`` distinct values gets a range instead of levels.
+    """
+    complete = [t for t in trials if t.is_complete]
+    values = np.array([t.values for t in complete], dtype=float).reshape(len(complete), len(objective_names))
+    objectives = {
+        name: [float(np.nanmin(values[:, i])), float(np.nanmax(values[:, i]))] if len(complete) else [None, None]
+        for i, name in enumerate(objective_names)
+    }
+    choices: dict[str, list[str]] = {}
+    ranges: dict[str, list[float]] = {}
+    for name in _param_names(complete):
+        raw = [t.params.get(name) for t in complete]
+        levels = _levels(raw)
+        if _is_numeric(raw) and len(levels) > max_levels:
+            present = [float(v) for v in raw if v is not None]
+            ranges[name] = [min(present), max(present)]
+        else:
+            choices[name] = levels
+    return {"objectives": objectives, "choices": choices, "ranges": ranges}
 
 
 # --- hypervolume --------------------------------------------------------------------
@@ -304,7 +349,7 @@ def parallel_info(trials: Sequence[TrialRecord], objective_names: Sequence[str])
             columns.append(np.array([np.nan if v is None else float(v) for v in raw]))
             categories.append(None)
         else:
-            levels = sorted({_level(v) for v in raw})
+            levels = _levels(raw)
             code = {level: i for i, level in enumerate(levels)}
             columns.append(np.array([code[_level(v)] for v in raw], dtype=float))
             categories.append(levels)

@@ -153,3 +153,16 @@ def test_trial_details_is_json_safe():
     payload = info.trial_details(record(1, (float("nan"), 1.0, float("inf"))), NAMES, DIRS, "sqlite:///a.db", "s")
     text = json.dumps(payload, allow_nan=False)
     assert '"value": null' in text
+
+
+def test_filter_ranges_and_options():
+    trials = [
+        record(i, (float(i), 1.0, 1.0), {"width": 10 * i, "router": "ec" if i % 2 else "none"}) for i in range(30)
+    ]
+    trials.append(record(30, (0.5, 1.0, 1.0), {"router": "ec"}))  # a trial without the numeric choice
+    where = info.TrialFilter(ranges={"width": (50, 100)})
+    assert info.pareto_info(trials, NAMES, DIRS, where).numbers == [5, 6, 7, 8, 9, 10]
+    options = info.filter_options(trials, NAMES, max_levels=16)
+    assert options["choices"] == {"router": ["ec", "none"]}
+    assert options["ranges"] == {"width": [0.0, 290.0]}
+    assert options["objectives"]["nll"] == [0.0, 29.0]

@@ -1,0 +1,629 @@
+"""The live dashboard: a standard-library HTTP server, one page and a few JSON endpoints.
+
+Why ``http.server``: the app is one page plus five small endpoints for one local user;
+a framework would add a dependency (and its CDN-loving defaults) without adding
+anything the user sees. ``ThreadingHTTPServer`` keeps a slow request from blocking
+the refresh polls.
+
+::
+
+    GET  /                      the page (static HTML; all data arrive as JSON)
+    GET  /static/plotly.js      plotly.js from the plotly package (no CDN)
+    GET  /static/app.js         the page's script
+    GET  /api/studies           {"studies": [...]}
+    GET  /api/state?study=S     {"version", "counts", "failed": [...], "running": [...]} (polled)
+    GET  /api/front?study=S&view=0-1|3d&bound.<objective>=lo,hi&choice.<param>=v&range.<param>=lo,hi
+                                the Pareto figure of the filtered trials, filter options, counts
+    GET  /api/trial?study=S&number=N   details of one trial with its curve/routing/phase figures
+    POST /api/export            {"study", "number"} -> writes <export_dir>/<study>-trial<N>.yaml
+
+Security: binds 127.0.0.1 unless told otherwise; the store is opened read-only; the
+only file written is an export inside ``export_dir``; a strict Content-Security-Policy
+forbids loading anything from another origin; requests whose Host or Origin is not
+this server are refused (DNS rebinding, cross-site POSTs); data reach the page as
+JSON and are inserted with ``textContent``, never as HTML.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Callable
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from morsearch.dashboard import figures, info
+from morsearch.dashboard.export import export_to_folder
+from morsearch.dashboard.report import plotly_js
+from morsearch.errors import MorsearchError, StorageError
+from morsearch.search.results import StudyView, list_studies, open_study
+from morsearch.store import redact
+
+__all__ = ["DashboardApp", "make_server", "serve"]
+
+MAX_BODY_BYTES = 4096
+CACHE_ENTRIES = 64
+
+_CSP = (
+    "default-src 'none'; script-src 'self' 'unsafe-eval'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data: blob:; connect-src 'self'; font-src 'none'; base-uri 'none'; form-action 'none'; "
+    "frame-ancestors 'none'"
+)  # 'unsafe-eval': plotly's WebGL traces compile their draw calls with new Function()
+
+
+def _float_or_none(text: str) -> float | None:
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise MorsearchError(f"filter bound {text!r} is not a number; type a number or leave it empty") from None
+
+
+def parse_filter(query: dict[str, list[str]]) -> info.TrialFilter:
+    """``bound.<objective>=lo,hi``, ``range.<param>=lo,hi`` and repeated ``choice.<param>=v``."""
+    bounds, ranges, choices = {}, {}, {}
+    for key, values in query.items():
+        kind, _, name = key.partition(".")
+        if not name:
+            continue
+        if kind in ("bound", "range"):
+            low, _, high = values[-1].partition(",")
+            target = bounds if kind == "bound" else ranges
+            target[name] = (_float_or_none(low), _float_or_none(high))
+        elif kind == "choice":
+            choices[name] = list(values)
+    return info.TrialFilter(bounds=bounds, choices=choices, ranges=ranges)
+
+
+class DashboardApp:
+    """The dashboard's logic, independent of HTTP: study views, cached answers, export."""
+
+    def __init__(self, storage_url: str, export_dir: str | Path, study: str | None = None) -> None:
+        self.storage_url = storage_url
+        self.export_dir = Path(export_dir)
+        self.only_study = study
+        self._views: dict[str, StudyView] = {}
+        self._lock = threading.Lock()
+        self._cache: OrderedDict[tuple[Any, ...], bytes] = OrderedDict()
+        # Fail now, with the store's message, rather than on the first page load.
+        names = self.studies()
+        if study is not None and study not in names:
+            raise StorageError(
+                f"no study '{study}' in {redact(storage_url)}; studies there: {', '.join(names) or 'none'}"
+            )
+
+    def studies(self) -> list[str]:
+        if self.only_study is not None:
+            return [self.only_study]
+        return list_studies(self.storage_url)
+
+    def view(self, name: str) -> StudyView:
+        with self._lock:
+            if name not in self._views:
+                if self.only_study is not None and name != self.only_study:
+                    raise StorageError(f"this dashboard serves study '{self.only_study}' only")
+                self._views[name] = open_study(self.storage_url, name)
+            return self._views[name]
+
+    def warm(self) -> int:
+        """Read every study once (the slow first read), so the first page render is fast."""
+        return sum(len(self.view(name).trials()) for name in self.studies())
+
+    def close(self) -> None:
+        with self._lock:
+            for view in self._views.values():
+                view.close()
+            self._views.clear()
+
+    @staticmethod
+    def _version(trials: list[Any]) -> str:
+        finished = [t.datetime_complete for t in trials if t.datetime_complete is not None]
+        return f"{len(trials)}-{len(finished)}-{max(finished).timestamp() if finished else 0}"
+
+    def _cached(self, key: tuple[Any, ...], build: Callable[[], bytes]) -> bytes:
+        with self._lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
+        body = build()
+        with self._lock:
+            self._cache[key] = body
+            while len(self._cache) > CACHE_ENTRIES:
+                self._cache.popitem(last=False)
+        return body
+
+    def state(self, study: str) -> dict[str, Any]:
+        trials = self.view(study).trials()
+        counts = Counter(t.state.lower() for t in trials)
+        return {
+            "study": study,
+            "version": self._version(trials),
+            "counts": dict(counts),
+            "failed": [{"trial": t.number, "reason": t.failure_reason} for t in trials if t.state == "FAIL"][-50:],
+            "running": [t.number for t in trials if t.state == "RUNNING"][-50:],
+        }
+
+    def front(self, study: str, view_name: str, query: dict[str, list[str]]) -> bytes:
+        """The front figure for one view of the filtered trials, as JSON bytes (cached per version)."""
+        view = self.view(study)
+        trials = view.trials()
+        version = self._version(trials)
+        where = parse_filter(query)
+        key = ("front", study, view_name, version, json.dumps(where.__dict__, sort_keys=True, default=list))
+        return self._cached(key, lambda: self._front_body(view, trials, view_name, where, version))
+
+    def _front_body(
+        self, view: StudyView, trials: list[Any], view_name: str, where: info.TrialFilter, version: str
+    ) -> bytes:
+        pareto = info.pareto_info(trials, view.objective_names, view.directions, where)
+        pairs = pareto.pairs
+        if view_name == "3d" and len(view.objective_names) >= 3:
+            fig = figures.pareto_3d_figure(pareto)
+        else:
+            i, _, j = view_name.partition("-")
+            pair = (int(i), int(j)) if i.isdigit() and j.isdigit() else pairs[0] if pairs else (0, 0)
+            if pair not in pairs:
+                pair = pairs[0] if pairs else (0, 0)
+            fig = figures.pareto_pair_figure(pareto, *pair)
+        fig.update_layout(uirevision=view_name, height=560)  # keep zoom/rotation across refreshes
+        meta = {
+            "study": view.name,
+            "version": version,
+            "objectives": [
+                {"name": n, "direction": d} for n, d in zip(view.objective_names, view.directions, strict=True)
+            ],
+            "views": [f"{i}-{j}" for i, j in pairs] + (["3d"] if len(view.objective_names) >= 3 else []),
+            "shown": len(pareto.numbers),
+            "total": pareto.num_total,
+            "front": pareto.front_numbers,
+            "options": info.filter_options(trials, view.objective_names),
+        }
+        # fig.to_json() escapes '<'; splice it in rather than decode and re-encode 5,000 points
+        meta_json = json.dumps(meta, allow_nan=False)
+        return ('{"figure": ' + fig.to_json() + ', "meta": ' + meta_json + "}").encode()
+
+    def trial(self, study: str, number: int) -> bytes:
+        view = self.view(study)
+        record = view.trial(number)
+        details = info.trial_details(record, view.objective_names, view.directions, view.storage_url, view.name)
+        one = info.front_details([record], [record.number])
+        figs = {}
+        if one.curves:
+            figs["curve"] = figures.curves_figure(one).to_json()
+        if one.routing:
+            figs["routing"] = figures.routing_figure(one).to_json()
+        if one.phases:
+            figs["phases"] = figures.phases_figure(one).to_json()
+        body = json.dumps(details, allow_nan=False)
+        parts = ", ".join(f'"{name}": {text}' for name, text in figs.items())
+        return ('{"details": ' + body + ', "figures": {' + parts + "}}").encode()
+
+    def export(self, study: str, number: int) -> dict[str, Any]:
+        path = export_to_folder(self.view(study), number, self.export_dir)
+        return {"path": str(path), "train_command": f"morsearch train {path}", "content": path.read_text()}
+
+
+class _Handler(BaseHTTPRequestHandler):
+    app: DashboardApp
+    allowed_hosts: set[str]
+    server_version = "morsearch-dashboard"
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        pass  # one line per poll would drown the terminal; errors are answered as JSON
+
+    # --- plumbing -------------------------------------------------------------------
+    def _send(self, status: int, body: bytes, content_type: str, cache: bool = False) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Content-Security-Policy", _CSP)
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.send_header("Referrer-Policy", "no-referrer")
+        self.send_header("Cache-Control", "max-age=86400" if cache else "no-store")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _json(self, status: int, payload: Any) -> None:
+        self._send(status, json.dumps(payload, allow_nan=False).encode(), "application/json; charset=utf-8")
+
+    def _host_ok(self) -> bool:
+        host = (self.headers.get("Host") or "").lower()
+        if host not in self.allowed_hosts and "*" not in self.allowed_hosts:
+            return False
+        origin = self.headers.get("Origin")
+        return origin is None or urlsplit(origin).netloc.lower() == host
+
+    def _guarded(self, work: Callable[[], None]) -> None:
+        if not self._host_ok():
+            self._json(HTTPStatus.FORBIDDEN, {"error": "request from another origin refused"})
+            return
+        try:
+            work()
+        except MorsearchError as exc:
+            self._json(
+                HTTPStatus.BAD_REQUEST if not isinstance(exc, StorageError) else HTTPStatus.CONFLICT,
+                {"error": str(exc)},
+            )
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        except Exception as exc:  # the page shows a message instead of hanging
+            self._json(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": f"{type(exc).__name__}: {exc}"})
+
+    # --- routes -----------------------------------------------------------------------
+    def do_GET(self) -> None:  # noqa: N802 - stdlib name
+        self._guarded(self._get)
+
+    def do_POST(self) -> None:  # noqa: N802 - stdlib name
+        self._guarded(self._post)
+
+    def _get(self) -> None:
+        parts = urlsplit(self.path)
+        query = parse_qs(parts.query, keep_blank_values=True)
+        study = (query.pop("study", [""]) or [""])[-1]
+        if parts.path == "/":
+            self._send(HTTPStatus.OK, _PAGE.encode(), "text/html; charset=utf-8")
+        elif parts.path == "/static/plotly.js":
+            self._send(HTTPStatus.OK, _plotly_bytes(), "text/javascript; charset=utf-8", cache=True)
+        elif parts.path == "/static/app.js":
+            self._send(HTTPStatus.OK, _APP_JS.encode(), "text/javascript; charset=utf-8")
+        elif parts.path == "/favicon.ico":
+            self._send(HTTPStatus.NO_CONTENT, b"", "image/x-icon", cache=True)
+        elif parts.path == "/api/studies":
+            self._json(HTTPStatus.OK, {"studies": self.app.studies(), "store": redact(self.app.storage_url)})
+        elif parts.path == "/api/state":
+            self._json(HTTPStatus.OK, self.app.state(study))
+        elif parts.path == "/api/front":
+            view_name = (query.pop("view", ["0-1"]) or ["0-1"])[-1]
+            self._send(HTTPStatus.OK, self.app.front(study, view_name, query), "application/json; charset=utf-8")
+        elif parts.path == "/api/trial":
+            number = (query.get("number") or [""])[-1]
+            if not number.isdigit():
+                raise MorsearchError(f"trial number {number!r} is not a number")
+            self._send(HTTPStatus.OK, self.app.trial(study, int(number)), "application/json; charset=utf-8")
+        else:
+            self._json(HTTPStatus.NOT_FOUND, {"error": f"no such page {parts.path}"})
+
+    def _post(self) -> None:
+        if urlsplit(self.path).path != "/api/export":
+            self._json(HTTPStatus.NOT_FOUND, {"error": "no such endpoint"})
+            return
+        # JSON only: a cross-site form cannot send this content type without a preflight
+        if not (self.headers.get("Content-Type") or "").startswith("application/json"):
+            self._json(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, {"error": "send JSON"})
+            return
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > MAX_BODY_BYTES:
+            self._json(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": "request too large"})
+            return
+        try:
+            payload = json.loads(self.rfile.read(length) or b"{}")
+            study, number = str(payload["study"]), int(payload["number"])
+        except (ValueError, KeyError, TypeError):
+            raise MorsearchError('export needs {"study": name, "number": trial number}') from None
+        self._json(HTTPStatus.OK, self.app.export(study, number))
+
+
+_PLOTLY: list[bytes] = []
+
+
+def _plotly_bytes() -> bytes:
+    if not _PLOTLY:
+        _PLOTLY.append(plotly_js().encode())
+    return _PLOTLY[0]
+
+
+def make_server(
+    storage_url: str,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8050,
+    export_dir: str | Path = "exports",
+    study: str | None = None,
+) -> tuple[ThreadingHTTPServer, DashboardApp]:
+    """Open the store read-only, read its studies once, and bind (not yet serve) the server.
+
+    Args:
+        storage_url: the study store.
+        host: interface to bind; 127.0.0.1 (this machine only) unless you mean to share it.
+        port: TCP port; 0 picks a free one (tests).
+        export_dir: where "Export" writes config files; nothing else is written.
+        study: serve only this study (default: every study in the store).
+
+    Raises:
+        StorageError: the store is missing, unreadable or lacks ``study``.
+        MorsearchError: the port is taken.
+    """
+    app = DashboardApp(storage_url, export_dir, study)
+    app.warm()
+    handler = type("Handler", (_Handler,), {"app": app})
+    try:
+        server = ThreadingHTTPServer((host, port), handler)
+    except OSError as exc:
+        app.close()
+        raise MorsearchError(f"cannot listen on {host}:{port} ({exc.strerror}); pick another --port") from None
+    server.daemon_threads = True
+    bound_port = server.server_address[1]
+    names = {host, "127.0.0.1", "localhost", "[::1]"}
+    handler.allowed_hosts = {"*"} if host in ("0.0.0.0", "::", "") else {f"{n}:{bound_port}" for n in names}
+    return server, app
+
+
+def serve(
+    storage_url: str,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8050,
+    export_dir: str | Path = "exports",
+    study: str | None = None,
+    on_ready: Callable[[str], None] | None = None,
+) -> None:
+    """Run the dashboard until interrupted (Ctrl-C).
+
+    ``on_ready`` receives the URL once the server listens (the CLI prints it).
+    """
+    started = time.perf_counter()
+    server, app = make_server(storage_url, host=host, port=port, export_dir=export_dir, study=study)
+    shown_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    if on_ready is not None:
+        on_ready(
+            f"http://{shown_host}:{server.server_address[1]}/  (store read in {time.perf_counter() - started:.1f} s)"
+        )
+    try:
+        server.serve_forever(poll_interval=0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+        app.close()
+
+
+_PAGE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>morsearch dashboard</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>
+body {font-family: system-ui, sans-serif; margin: 0; color: #1b1f24; display: flex; height: 100vh}
+aside {width: 300px; overflow-y: auto; border-right: 1px solid #d0d7de; padding: 10px; box-sizing: border-box}
+main {flex: 1; overflow-y: auto; padding: 10px 16px}
+h1 {font-size: 1.2em; margin: 0 0 6px} h2 {font-size: 1em; margin: 14px 0 4px}
+label {display: block; font-size: .85em; margin: 2px 0}
+input[type=number] {width: 42%} .pair {display: flex; gap: 4px; align-items: center}
+.muted {color: #57606a; font-size: .85em} .error {color: #b42318; font-weight: 600}
+#views button {margin: 0 4px 4px 0} #views button.active {font-weight: 700; background: #ddf4ff}
+#details {border-top: 1px solid #d0d7de; margin-top: 8px; padding-top: 8px}
+pre {background: #f6f8fa; padding: 6px; overflow-x: auto; font-size: .85em}
+table {border-collapse: collapse; font-size: .9em}
+td, th {padding: 2px 8px; border-bottom: 1px solid #eaeef2; text-align: left}
+.mini {display: grid; grid-template-columns: repeat(auto-fit, minmax(320px, 1fr)); gap: 8px}
+.mini > div {height: 280px}
+ul.plain {list-style: none; padding: 0; margin: 0} ul.plain a {cursor: pointer; color: #0969da}
+</style></head>
+<body>
+<aside>
+  <h1>morsearch</h1>
+  <label>study <select id="study"></select></label>
+  <p id="status" class="muted">loading...</p>
+  <label><input type="checkbox" id="live" checked> refresh as trials finish</label>
+  <h2>Objectives</h2><div id="bounds"></div>
+  <h2>Design choices</h2><div id="choices"></div>
+  <button id="apply">Apply filters</button> <button id="reset">Reset</button>
+  <h2>Failed trials</h2><ul id="failed" class="plain"></ul>
+</aside>
+<main>
+  <p id="error" class="error" role="alert"></p>
+  <div id="views"></div>
+  <p id="shown" class="muted"></p>
+  <div id="front" style="height: 560px"></div>
+  <section id="details" hidden>
+    <h2 id="d-title"></h2>
+    <p id="d-failure" class="error"></p>
+    <table id="d-objectives"></table>
+    <p><button id="export">Export this configuration</button></p>
+    <div id="export-result" hidden>
+      <p>Written: <code id="export-path"></code></p>
+      <p>Train it: <code id="train-command"></code></p>
+    </div>
+    <p class="muted">CLI export: <code id="d-export-command"></code></p>
+    <div class="mini"><div id="d-curve"></div><div id="d-routing"></div><div id="d-phases"></div></div>
+    <h2>Configuration</h2><pre id="d-config"></pre>
+    <h2>Design choices</h2><pre id="d-params"></pre>
+    <h2>Measurement</h2><pre id="d-measurement"></pre>
+  </section>
+</main>
+<script src="/static/plotly.js"></script>
+<script src="/static/app.js"></script>
+</body></html>
+"""
+
+_APP_JS = r"""
+'use strict';
+// Every string from the server is inserted with textContent: nothing from the store is parsed as HTML.
+var S = {study: null, view: '0-1', version: null, options: null, trial: null, filters: null, clickBound: false};
+function $(id) { return document.getElementById(id); }
+function el(tag, text) { var e = document.createElement(tag); if (text !== undefined) e.textContent = text; return e; }
+function showError(msg) { $('error').textContent = msg || ''; }
+
+function api(path, body) {
+  var init = body ? {method: 'POST', headers: {'Content-Type': 'application/json'}, body: JSON.stringify(body)} : {};
+  return fetch(path, init).then(function (r) {
+    return r.json().then(function (data) {
+      if (!r.ok) throw new Error(data.error || r.statusText);
+      return data;
+    });
+  });
+}
+
+function query() {
+  var q = new URLSearchParams({study: S.study, view: S.view});
+  var f = S.filters || {};
+  Object.keys(f.bounds || {}).forEach(function (k) { q.append('bound.' + k, f.bounds[k]); });
+  Object.keys(f.ranges || {}).forEach(function (k) { q.append('range.' + k, f.ranges[k]); });
+  Object.keys(f.choices || {}).forEach(function (k) {
+    f.choices[k].forEach(function (v) { q.append('choice.' + k, v); });
+  });
+  return q.toString();
+}
+
+function readFilters() {
+  var f = {bounds: {}, ranges: {}, choices: {}};
+  document.querySelectorAll('[data-bound]').forEach(function (box) {
+    var lo = box.querySelector('.lo').value, hi = box.querySelector('.hi').value;
+    if (lo !== '' || hi !== '') f[box.dataset.kind][box.dataset.bound] = lo + ',' + hi;
+  });
+  document.querySelectorAll('[data-choice]').forEach(function (box) {
+    var all = box.querySelectorAll('input'), on = box.querySelectorAll('input:checked');
+    if (on.length === all.length) return;
+    f.choices[box.dataset.choice] = Array.prototype.map.call(on, function (i) { return i.value; });
+  });
+  return f;
+}
+
+function rangeBox(kind, name, label, range) {
+  var box = el('div'); box.dataset.bound = name; box.dataset.kind = kind;
+  box.appendChild(el('label', label));
+  var row = el('div'); row.className = 'pair';
+  ['lo', 'hi'].forEach(function (cls, k) {
+    var input = el('input'); input.type = 'number'; input.step = 'any'; input.className = cls;
+    input.setAttribute('aria-label', label + (k ? ' at most' : ' at least'));
+    if (range[k] !== null) input.placeholder = Number(range[k]).toPrecision(4);
+    row.appendChild(input);
+    if (!k) row.appendChild(el('span', 'to'));
+  });
+  box.appendChild(row);
+  return box;
+}
+
+function buildFilters(meta) {
+  if (S.options) return;  // built once per study; values typed by the user survive refreshes
+  S.options = meta.options;
+  var bounds = $('bounds'), choices = $('choices');
+  bounds.textContent = ''; choices.textContent = '';
+  meta.objectives.forEach(function (o) {
+    var hint = o.direction === 'minimize' ? ' (lower is better)' : ' (higher is better)';
+    bounds.appendChild(rangeBox('bounds', o.name, o.name + hint, meta.options.objectives[o.name]));
+  });
+  Object.keys(meta.options.choices).forEach(function (name) {
+    var box = el('fieldset'); box.dataset.choice = name; box.appendChild(el('legend', name));
+    meta.options.choices[name].forEach(function (level) {
+      var label = el('label'), input = el('input'); input.type = 'checkbox'; input.checked = true; input.value = level;
+      label.appendChild(input); label.appendChild(document.createTextNode(' ' + level)); box.appendChild(label);
+    });
+    choices.appendChild(box);
+  });
+  Object.keys(meta.options.ranges).forEach(function (name) {
+    choices.appendChild(rangeBox('ranges', name, name, meta.options.ranges[name]));
+  });
+}
+
+function buildViews(meta) {
+  var views = $('views'); views.textContent = '';
+  meta.views.forEach(function (v) {
+    var names = v.split('-').map(function (i) { return meta.objectives[+i] ? meta.objectives[+i].name : ''; });
+    var label = v === '3d' ? 'all three (3-D)' : names.join(' vs ');
+    var b = el('button', label); b.dataset.view = v; if (v === S.view) b.className = 'active';
+    b.onclick = function () { S.view = v; loadFront(); };
+    views.appendChild(b);
+  });
+}
+
+function loadFront() {
+  var t0 = performance.now();
+  return api('/api/front?' + query()).then(function (data) {
+    var meta = data.meta; S.version = meta.version;
+    buildFilters(meta); buildViews(meta);
+    $('shown').textContent = 'showing ' + meta.shown + ' of ' + meta.total + ' completed trials; ' +
+      meta.front.length + ' on the front. Click a point for its details.';
+    var config = {displaylogo: false, responsive: true};
+    return Plotly.react('front', data.figure.data, data.figure.layout, config).then(function () {
+      var front = $('front');
+      if (!S.clickBound) {
+        S.clickBound = true;
+        front.on('plotly_click', function (ev) {
+          var p = ev.points && ev.points[0];
+          if (p && p.customdata !== undefined) loadTrial(p.customdata);
+        });
+      }
+      front.dataset.renderedMs = String(Math.round(performance.now() - t0));
+      front.dataset.version = meta.version;
+      showError('');
+    });
+  }).catch(function (e) { showError(e.message); });
+}
+
+function table(rows) {
+  var t = $('d-objectives'); t.textContent = '';
+  rows.forEach(function (r) {
+    var tr = el('tr'); r.forEach(function (c) { tr.appendChild(el('td', c)); }); t.appendChild(tr);
+  });
+}
+
+function loadTrial(number) {
+  return api('/api/trial?' + new URLSearchParams({study: S.study, number: number})).then(function (data) {
+    var d = data.details; S.trial = d.trial;
+    $('details').hidden = false; $('export-result').hidden = true;
+    var kind = d.state.toLowerCase() + (d.baseline ? ', baseline ' + d.baseline : '');
+    $('d-title').textContent = 'Trial ' + d.trial + ' (' + kind + ')';
+    var detail = d.failure_detail ? ' - ' + d.failure_detail : '';
+    $('d-failure').textContent = d.failure_reason ? 'failed: ' + d.failure_reason + detail : '';
+    var rows = Object.keys(d.objectives).map(function (k) {
+      return [k, String(d.objectives[k].value), d.objectives[k].direction];
+    });
+    table(rows.concat(d.feasible ? [] : [['constraints', JSON.stringify(d.constraints), 'violated']]));
+    $('export').disabled = !d.exportable;
+    $('d-export-command').textContent = d.export_command;
+    $('d-config').textContent = d.model_config ? JSON.stringify(d.model_config, null, 2) : '(no model config recorded)';
+    $('d-params').textContent = JSON.stringify(d.params, null, 2);
+    $('d-measurement').textContent = JSON.stringify(d.measurement, null, 2);
+    ['curve', 'routing', 'phases'].forEach(function (k) {
+      var div = $('d-' + k); Plotly.purge(div);
+      var fig = data.figures[k];
+      if (fig) Plotly.newPlot(div, fig.data, fig.layout, {displaylogo: false, responsive: true});
+    });
+    showError('');
+  }).catch(function (e) { showError(e.message); });
+}
+
+function loadState() {
+  return api('/api/state?' + new URLSearchParams({study: S.study})).then(function (st) {
+    var c = st.counts;
+    $('status').textContent = Object.keys(c).sort().map(function (k) { return k + ': ' + c[k]; }).join(', ') +
+      ' (updated ' + new Date().toLocaleTimeString() + ')';
+    var failed = $('failed'); failed.textContent = '';
+    st.failed.forEach(function (f) {
+      var li = el('li'), a = el('a', 'trial ' + f.trial + ': ' + (f.reason || 'no reason recorded'));
+      a.onclick = function () { loadTrial(f.trial); }; li.appendChild(a); failed.appendChild(li);
+    });
+    if (S.version !== null && st.version !== S.version) return loadFront();
+  }).catch(function (e) { showError(e.message); });
+}
+
+function selectStudy(name) {
+  S.study = name; S.options = null; S.filters = null; S.version = null; S.view = '0-1';
+  $('details').hidden = true;
+  return loadFront().then(loadState);
+}
+
+$('apply').onclick = function () { S.filters = readFilters(); loadFront(); };
+$('reset').onclick = function () { S.filters = null; S.options = null; loadFront(); };
+$('export').onclick = function () {
+  api('/api/export', {study: S.study, number: S.trial}).then(function (r) {
+    $('export-path').textContent = r.path; $('train-command').textContent = r.train_command;
+    $('export-result').hidden = false; showError('');
+  }).catch(function (e) { showError(e.message); });
+};
+$('study').onchange = function () { selectStudy($('study').value); };
+setInterval(function () { if ($('live').checked && S.study) loadState(); }, 3000);
+
+api('/api/studies').then(function (r) {
+  var sel = $('study');
+  r.studies.forEach(function (n) { var o = el('option', n); o.value = n; sel.appendChild(o); });
+  if (!r.studies.length) { $('status').textContent = 'no study in ' + r.store + ' yet'; return; }
+  return selectStudy(r.studies[0]);
+}).catch(function (e) { showError(e.message); });
+"""

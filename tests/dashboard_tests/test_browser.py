@@ -1,0 +1,140 @@
+"""The live dashboard used as a person would: real server, real store, headless Chromium.
+
+Opens the page, checks the front is drawn and nothing is fetched from another origin,
+clicks a front point, reads its details, exports it and loads the export as a model
+config, filters by a constraint, opens a failed trial, and watches a trial that
+finishes while the page is open appear without a reload. Saves a screenshot under
+test-artifacts/.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from morsearch.config import ModelConfig, load_config
+from morsearch.dashboard.app import make_server
+from morsearch.search.results import open_study
+
+from .conftest import fill_study
+
+CHROMIUM = os.environ.get("MORSEARCH_CHROMIUM", "/usr/bin/chromium")
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+
+sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+if not Path(CHROMIUM).exists():
+    pytest.skip(f"{CHROMIUM} missing: apt-get install -y chromium", allow_module_level=True)
+
+RENDERED = "(v) => document.getElementById('front').dataset.version === v"
+
+
+@pytest.fixture
+def live_study(tmp_path):
+    url = f"sqlite:///{tmp_path / 'live.db'}"
+    study = fill_study(url, "live", num_trials=30, seed=3)
+    server, app = make_server(url, port=0, export_dir=tmp_path / "exports")
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield url, study, f"http://127.0.0.1:{server.server_address[1]}/", tmp_path / "exports"
+    server.shutdown()
+    server.server_close()
+    app.close()
+
+
+def _click_point(page, trace_name: str) -> int:
+    """Click the first point of a trace where it is drawn; return its trial number."""
+    spot = page.evaluate(
+        """(name) => {
+            const gd = document.getElementById('front');
+            const trace = gd._fullData.find((t) => t.name === name);
+            const L = gd._fullLayout;
+            return {x: L.xaxis.d2p(trace.x[0]), y: L.yaxis.d2p(trace.y[0]), number: trace.customdata[0]};
+        }""",
+        trace_name,
+    )
+    area = page.locator("#front .nsewdrag").first.bounding_box()  # the plot area; d2p is relative to it
+    page.mouse.click(area["x"] + spot["x"], area["y"] + spot["y"])
+    return int(spot["number"])
+
+
+def test_dashboard_in_a_real_browser(live_study):
+    url, study, base, export_dir = live_study
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--headless", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        requests: list[str] = []
+        page.on("request", lambda r: requests.append(r.url))
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        try:
+            page.goto(base)
+            page.wait_for_function("document.getElementById('front').dataset.version !== undefined", timeout=30_000)
+
+            # the front is drawn: a plot with the front's points and the baselines
+            names = page.evaluate("document.getElementById('front')._fullData.map((t) => t.name)")
+            assert {"Pareto front", "dominated", "baseline: vanilla", "baseline: recursive"} <= set(names)
+            assert page.locator("#front .main-svg").count() >= 1
+            assert "on the front" in page.inner_text("#shown")
+
+            # click a front point: its details open
+            number = _click_point(page, "Pareto front")
+            page.wait_for_selector("#details:not([hidden])", timeout=10_000)
+            assert page.inner_text("#d-title").startswith(f"Trial {number} (complete")
+            assert '"d_model"' in page.inner_text("#d-config")
+            page.wait_for_function("document.querySelector('#d-curve .main-svg') !== null", timeout=10_000)
+
+            # export it: the file lands in the export folder and loads as a model config
+            page.click("#export")
+            page.wait_for_selector("#export-result:not([hidden])", timeout=10_000)
+            path = Path(page.inner_text("#export-path"))
+            assert path.parent == export_dir.resolve()
+            assert page.inner_text("#train-command") == f"morsearch train {path}"
+            config = load_config(path, ModelConfig, section="model")
+            view = open_study(url, "live")
+            assert config == ModelConfig(**view.trial(number).model_config)
+            view.close()
+            page.screenshot(path=str(ARTIFACTS / "dashboard.png"))
+            page.locator("#d-curve").scroll_into_view_if_needed()
+            page.screenshot(path=str(ARTIFACTS / "dashboard-details.png"))
+
+            # filter by a constraint: fewer trials shown, the front recomputed among them
+            total = int(page.inner_text("#shown").split(" of ")[1].split()[0])
+            version = page.evaluate("document.getElementById('front').dataset.version")
+            page.fill("[data-bound='peak_memory_mb'] .hi", "60")
+            page.click("#apply")
+            page.wait_for_function(
+                "(t) => !document.getElementById('shown').textContent.includes('showing ' + t + ' of')", arg=total
+            )
+            shown = int(page.inner_text("#shown").split()[1])
+            assert 0 < shown < total
+            ys = page.evaluate(
+                "document.getElementById('front')._fullData.filter((t) => t.name === 'Pareto front')[0].y"
+            )
+            assert max(ys) <= 60
+
+            # a failed trial's details show why it failed
+            page.click("#failed a")
+            page.wait_for_function("document.getElementById('d-failure').textContent.includes('oom')")
+            assert page.is_disabled("#export")
+
+            # a trial that finishes while the page is open appears without a reload
+            trial = study.ask()
+            trial.suggest_categorical("router", ["none", "expert_choice", "token_choice"])
+            study.tell(trial, [3.0, 10.0, 5000.0])
+            page.wait_for_function(f"document.getElementById('front').dataset.version !== '{version}'", timeout=15_000)
+            page.click("#reset")
+            page.wait_for_function(
+                "(t) => document.getElementById('shown').textContent.includes('of ' + t + ' completed')",
+                arg=total + 1,
+                timeout=10_000,
+            )
+            page.screenshot(path=str(ARTIFACTS / "dashboard-after-refresh.png"))
+        finally:
+            browser.close()
+    assert not errors, errors
+    foreign = [u for u in requests if not u.startswith(base)]
+    assert not foreign, f"the page loaded external URLs: {foreign}"

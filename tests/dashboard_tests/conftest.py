@@ -9,6 +9,7 @@ import warnings
 from pathlib import Path
 
 import pytest
+import sqlalchemy
 
 from morsearch import store
 
@@ -36,8 +37,12 @@ def fill_study(storage_url: str, study_name: str, num_trials: int = 24, seed: in
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     rng = random.Random(seed)
+    storage = optuna.storages.RDBStorage(storage_url)
+    # test data need no durability: skip the fsync of every commit (seconds on a slow disk)
+    sqlalchemy.event.listen(storage.engine, "connect", lambda conn, _: conn.execute("PRAGMA synchronous=OFF"))
+    storage.engine.dispose()
     study = optuna.create_study(
-        storage=storage_url, study_name=study_name, directions=DIRECTIONS, sampler=optuna.samplers.RandomSampler(seed)
+        storage=storage, study_name=study_name, directions=DIRECTIONS, sampler=optuna.samplers.RandomSampler(seed)
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)

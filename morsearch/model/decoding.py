@@ -177,7 +177,7 @@ class TokenChoiceRule(DecodeRule):
         self.first[rows] = h
 
     def decide(self, step: int, rows: torch.Tensor, h: torch.Tensor) -> torch.Tensor | None:
-        return self.depth[rows] > step
+        return None if step == 0 else self.depth[rows] > step  # every depth is >= 1
 
     def merge(self, rows: torch.Tensor, steps: torch.Tensor, h_in: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         finishing = (self.depth[rows] == steps + 1).view(-1, 1, 1)
@@ -337,6 +337,93 @@ class RowDecoder:
             x = self._layer(self.model.layers[layer_index], layer_index, x, [group], rows_dev, rope)
         return x
 
+    def _emit(self, rows: list[int], logits: torch.Tensor) -> None:
+        """Choose the next token of ``rows`` from their logits (n, V)."""
+        rows_dev = torch.tensor(rows, device=self.tokens.device)
+        cols = torch.tensor([self.emitted[r] for r in rows], device=self.tokens.device)
+        self.tokens[rows_dev, cols] = _choose(logits, self.forced, rows_dev, cols)
+        if self.logits_out is not None:
+            self.logits_out[rows_dev, cols] = logits
+        for r in rows:
+            self.emitted[r] += 1
+        self.emissions[-1] += rows
+
+    def _finish(self, rows: list[int]) -> list[int]:
+        """Tokens that left the block: post-block layers, norm, head, next token.
+
+        Returns the rows whose sequence wants another token.
+        """
+        model = self.model
+        rows_dev = torch.tensor(rows, device=self.tokens.device)
+        x = self._plain_layers(self.schedule.post_block, self.state[rows_dev], rows, rows_dev)
+        x = model.norm(x)[:, 0]  # (n, D)
+        self._emit(rows, model.lm_head(x) if model.lm_head is not None else F.linear(x, model.embed.weight))
+        return [r for r in rows if self.emitted[r] < self.tokens.shape[1]]
+
+    def _begin(self, rows: list[int]) -> list[int]:
+        """The next token of ``rows``: embedding, pre-block layers, entry into step 0.
+
+        Returns the rows whose token skips the whole block (to finish at once).
+        """
+        if not rows:
+            return []
+        model = self.model
+        rows_dev = torch.tensor(rows, device=self.tokens.device)
+        cols = torch.tensor([self.emitted[r] - 1 for r in rows], device=self.tokens.device)
+        self.positions[rows_dev] = self.prompt_len + cols
+        x = model.embed(self.tokens[rows_dev, cols]).unsqueeze(1)  # (n, 1, D)
+        x = self._plain_layers(self.schedule.pre_block, x, rows, rows_dev)
+        self.state[rows_dev] = x
+        if not self.schedule.num_block_steps:
+            return rows
+        self.rule.enter(rows_dev, x)
+        keep = self.rule.decide(0, rows_dev, x)
+        # step 0 keeps every token for all routers but an explicit capacity < 1: no sync
+        flags = [True] * len(rows) if keep is None else keep.tolist()
+        self.block.update((r, 0) for r, kept in zip(rows, flags, strict=True) if kept)
+        return [r for r, kept in zip(rows, flags, strict=True) if not kept]
+
+    def _block_call(self) -> list[int]:
+        """One shared-block call over every in-flight token, grouped by recursion step.
+
+        Updates ``self.block`` to the tokens that go on; returns the rows whose token stops.
+        """
+        model, block, nr = self.model, self.block, self.schedule.num_block_steps
+        order = sorted(block, key=lambda r: (block[r], r))
+        rows_dev = torch.tensor(order, device=self.tokens.device)
+        groups, start = [], 0
+        for step in sorted(set(block.values())):
+            rows = [r for r in order if block[r] == step]
+            groups.append(_Group(start, start + len(rows), step, rows))
+            self.step_tokens[step] += len(rows)
+            start += len(rows)
+        steps_dev = torch.tensor([block[r] for r in order], device=self.tokens.device)
+        self.block_calls += 1
+        h_in = self.state[rows_dev]  # (n, 1, D)
+        rope = model.rope(self.positions[rows_dev].unsqueeze(1))
+        out = h_in
+        for layer_index in self.schedule.block:
+            out = self._layer(model.layers[layer_index], layer_index, out, groups, rows_dev, rope)
+        h = self.rule.merge(rows_dev, steps_dev, h_in, out)
+        self.state[rows_dev] = h
+        decisions, stopped = [], []
+        for g in groups:
+            if g.step + 1 < nr:
+                keep = self.rule.decide(g.step + 1, rows_dev[g.start : g.stop], h[g.start : g.stop])
+                decisions.append((g, keep))
+            else:
+                stopped += g.rows
+        kept = [keep for _, keep in decisions if keep is not None]
+        flags = iter(torch.cat(kept).tolist() if kept else [])  # the iteration's one host sync
+        self.block = {}
+        for g, keep in decisions:
+            for r in g.rows:
+                if keep is None or next(flags):
+                    self.block[r] = g.step + 1
+                else:
+                    stopped.append(r)
+        return stopped
+
     @torch.no_grad()
     def generate(
         self,
@@ -346,111 +433,50 @@ class RowDecoder:
         keep_logits: bool = False,
         on_iteration: Callable[[], None] | None = None,
     ) -> Generation:
-        """Greedy (or forced) generation of ``new_tokens`` after ``prompt`` (B, P)."""
+        """Greedy (or forced) generation of ``new_tokens`` after ``prompt`` (B, P).
+
+        Each iteration: one block call over the in-flight tokens; the tokens that stop
+        are finished and their sequences' next tokens enter step 0 for the next call.
+        """
         model, device = self.model, prompt.device
-        B, P = prompt.shape
-        nr = self.schedule.num_block_steps
+        B, self.prompt_len = prompt.shape
         prefill_cache = model.new_cache(B)
         first_logits = model(prompt, cache=prefill_cache).logits[:, -1]  # (B, V)
         self.cache = RowCache(self.cfg, prefill_cache, device)
         del prefill_cache
-        D = self.cfg.d_model
-        dtype = first_logits.dtype
-        h_like = model.embed.weight.new_zeros(B, 1, D)
+        h_like = model.embed.weight.new_zeros(B, 1, self.cfg.d_model)
         self.rule = DECODE_RULES[self.cfg.router](model, B, h_like)
         self.state = h_like  # (B, 1, D) hidden state of each row's in-flight token
-        self.positions = torch.full((B,), P, dtype=torch.long, device=device)  # position of that token
-        tokens = torch.zeros(B, new_tokens, dtype=torch.long, device=device)
-        vocab = first_logits.shape[-1]
-        logits_out = torch.zeros(B, new_tokens, vocab, dtype=dtype, device=device) if keep_logits else None
-        emitted = [0] * B
-        step_tokens = [0] * nr
-        block_calls = 0
-        emissions: list[list[int]] = []
+        self.positions = torch.zeros(B, dtype=torch.long, device=device)  # position of that token
+        self.tokens = torch.zeros(B, new_tokens, dtype=torch.long, device=device)
+        self.forced = forced
+        self.logits_out = first_logits.new_zeros(B, new_tokens, first_logits.shape[-1]) if keep_logits else None
+        self.emitted, self.emissions = [0] * B, [[]]
+        self.step_tokens, self.block_calls = [0] * self.schedule.num_block_steps, 0
+        self.block: dict[int, int] = {}  # row -> recursion step its token runs in the next call
 
-        def emit(rows: list[int], logits: torch.Tensor) -> None:
-            rows_dev = torch.tensor(rows, device=device)
-            cols = torch.tensor([emitted[r] for r in rows], device=device)
-            tokens[rows_dev, cols] = _choose(logits, forced, rows_dev, cols)
-            if logits_out is not None:
-                logits_out[rows_dev, cols] = logits
-            for r in rows:
-                emitted[r] += 1
-            emissions[-1] += rows
-
-        emissions.append([])
-        emit(list(range(B)), first_logits)
+        self._emit(list(range(B)), first_logits)
         if on_iteration is not None:
             on_iteration()
-        block: dict[int, int] = {}  # row -> recursion step its token runs next
-        pending: list[int] = []  # rows whose token left the block, to finish
-        to_begin = [r for r in range(B) if emitted[r] < new_tokens]
-        while block or pending or to_begin:
-            emissions.append([])
-            decisions: list[tuple[list[int], int, torch.Tensor | None]] = []  # rows, next step, keep
-            # 1. one shared-block call over every in-flight token, grouped by step
-            if block:
-                order = sorted(block, key=lambda r: (block[r], r))
-                rows_dev = torch.tensor(order, device=device)
-                groups, start = [], 0
-                for step in sorted(set(block.values())):
-                    rows = [r for r in order if block[r] == step]
-                    groups.append(_Group(start, start + len(rows), step, rows))
-                    step_tokens[step] += len(rows)
-                    start += len(rows)
-                steps_dev = torch.tensor([block[r] for r in order], device=device)
-                block_calls += 1
-                h_in = self.state[rows_dev]  # (n, 1, D)
-                rope = model.rope(self.positions[rows_dev].unsqueeze(1))
-                out = h_in
-                for layer_index in self.schedule.block:
-                    out = self._layer(model.layers[layer_index], layer_index, out, groups, rows_dev, rope)
-                h = self.rule.merge(rows_dev, steps_dev, h_in, out)
-                self.state[rows_dev] = h
-                for g in groups:
-                    if g.step + 1 < nr:
-                        keep = self.rule.decide(g.step + 1, rows_dev[g.start : g.stop], h[g.start : g.stop])
-                        decisions.append((g.rows, g.step + 1, keep))
-                    else:
-                        pending += g.rows
-                block = {}
-            # 2. finish tokens that left the block: post-block layers, head, next token
-            if pending and not (self.barrier and decisions):
-                finishing, pending = sorted(pending), []
-                rows_dev = torch.tensor(finishing, device=device)
-                x = self._plain_layers(self.schedule.post_block, self.state[rows_dev], finishing, rows_dev)
-                x = model.norm(x)[:, 0]
-                logits = model.lm_head(x) if model.lm_head is not None else F.linear(x, model.embed.weight)
-                emit(finishing, logits)
-                to_begin += [r for r in finishing if emitted[r] < new_tokens]
-            # 3. the next token of those sequences: embedding, pre-block layers, step-0 decision
-            if to_begin:
-                starting, to_begin = sorted(to_begin), []
-                rows_dev = torch.tensor(starting, device=device)
-                cols = torch.tensor([emitted[r] - 1 for r in starting], device=device)
-                self.positions[rows_dev] = P + cols
-                x = model.embed(tokens[rows_dev, cols]).unsqueeze(1)  # (n, 1, D)
-                x = self._plain_layers(self.schedule.pre_block, x, starting, rows_dev)
-                self.state[rows_dev] = x
-                if nr:
-                    self.rule.enter(rows_dev, x)
-                    decisions.append((starting, 0, self.rule.decide(0, rows_dev, x)))
-                else:
-                    pending += starting
-            # 4. one host sync for all routing decisions of this iteration
-            kept = [keep for _, _, keep in decisions if keep is not None]
-            flags = iter(torch.cat(kept).tolist() if kept else [])
-            for rows, step, keep in decisions:
-                for r in rows:
-                    if keep is None or next(flags):
-                        block[r] = step
-                    else:
-                        pending.append(r)
+        waiting = self._begin([r for r in range(B) if self.emitted[r] < new_tokens])  # rows to finish
+        while self.block or waiting:
+            self.emissions.append([])
+            if self.block:
+                waiting += self._block_call()
+            if waiting and not (self.barrier and self.block):  # lockstep: wait for every sequence
+                waiting = self._begin(self._finish(sorted(waiting)))
             if on_iteration is not None:
                 on_iteration()
-        cache_bytes = self.cache.allocated_bytes()
-        del self.cache  # the KV memory is freed when generation ends, as for the reference
-        return Generation(tokens, logits_out, emissions, step_tokens, cache_bytes, block_calls)
+        result = Generation(
+            self.tokens,
+            self.logits_out,
+            self.emissions,
+            self.step_tokens,
+            self.cache.allocated_bytes(),
+            self.block_calls,
+        )
+        del self.cache, self.state, self.rule, self.tokens, self.logits_out  # free the KV memory now
+        return result
 
 
 class LockstepDecoder(RowDecoder):

@@ -86,12 +86,12 @@ class AnchorGPT(nn.Module):
 def base_shape(quick: bool) -> dict[str, object]:
     if quick:
         return dict(vocab_size=256, d_model=64, num_heads=4, num_kv_heads=2, ffn_dim=176, max_seq_len=64)
-    # width of the paper's 360M base, 20 effective layers (1 + 6 x 3 + 1 for Nr=3)
-    return dict(vocab_size=32768, d_model=960, num_heads=15, num_kv_heads=5, ffn_dim=2560, max_seq_len=2048)
+    # the paper's 360M base shape (MOR.md 5.1): 32 effective layers, Middle-Cycle 1 + 10 x 3 + 1 for Nr=3
+    return dict(vocab_size=49152, d_model=960, num_heads=15, num_kv_heads=5, ffn_dim=2560, max_seq_len=2048)
 
 
 def configs(quick: bool) -> dict[str, ModelConfig]:
-    depth = 8 if quick else 20
+    depth = 8 if quick else 32
     vanilla = ModelConfig(**base_shape(quick), num_layers=depth)
     recursive = vanilla.replace(num_recursions=3, sharing="middle_cycle")
     return {

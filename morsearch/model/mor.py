@@ -64,11 +64,15 @@ class MoRModel(nn.Module):
         not replaced). Layers share one compiled graph per input shape, so compiling costs
         seconds rather than minutes even for deep models; routing stays eager.
 
-        Expert-choice training sees one token count per recursion step, so static graphs
-        (one per step) are fastest; token-choice counts change every batch, so its layers
-        are compiled for dynamic shapes once instead of recompiling per batch.
+        Static graphs: expert-choice training sees one token count per recursion step;
+        token-choice pads its varying counts to eighths of the sequence (``compact``), so
+        it needs up to 8 shapes per step, more than dynamo's default recompile limit.
         """
-        compile_kwargs.setdefault("dynamic", self.cfg.router == "token_choice")
+        compile_kwargs.setdefault("dynamic", False)
+        if self.cfg.router == "token_choice":
+            import torch._dynamo
+
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 32)
         for layer in self.layers:
             layer.compile(**compile_kwargs)
 

@@ -40,17 +40,19 @@ class Selection:
     num_tokens: torch.Tensor  # scalar: valid selected tokens, for routing statistics
 
 
-def compact(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def compact(mask: torch.Tensor, multiple_of: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """Gather the True entries of ``mask`` (B, N) to the front of each row, in order.
 
-    Returns indices into N (B, K) and their validity (B, K), K = most True in a row.
+    Returns indices into N (B, K) and their validity (B, K), K = most True in a row,
+    rounded up to ``multiple_of`` (capped at N) so that compiled layers see few shapes.
     Rows with fewer entries are padded with their unselected indices (marked invalid).
     """
     N = mask.shape[1]
     order = torch.arange(N, device=mask.device)
     keys = torch.where(mask, order, order + N)  # selected first, each group in position order
     count = int(mask.sum(dim=1).max()) if mask.numel() else 0
-    index = keys.argsort(dim=1)[:, : max(count, 1)]
+    width = min(N, -(-max(count, 1) // multiple_of) * multiple_of)
+    index = keys.argsort(dim=1)[:, :width]
     valid = mask.gather(1, index)
     return index, valid
 
@@ -222,7 +224,9 @@ class TokenChoiceRouter(Router):
         active = self._depth > step  # (B, T)
         if step == 0:
             return Selection(None, None, self._gate.unsqueeze(-1).to(h.dtype), active.sum())
-        index, valid = compact(active)
+        # In training, pad to eighths of the sequence: at most 8 shapes for compiled layers.
+        bucket = -(-active.shape[1] // 8) if self.training else 1
+        index, valid = compact(active, multiple_of=bucket)
         gate = self._gate.gather(1, index).unsqueeze(-1).to(h.dtype)
         return Selection(index, valid, gate, valid.sum())
 

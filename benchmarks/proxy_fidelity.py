@@ -1,0 +1,200 @@
+"""Can the proxy's ranking be trusted? Rank configurations at the proxy budget and at 10x it.
+
+    python -m benchmarks.proxy_fidelity            # GPU: writes benchmarks/results/proxy_fidelity.json
+    python -m benchmarks.proxy_fidelity --quick    # CPU smoke run: 5 tiny configs (not written)
+    python -m benchmarks.proxy_fidelity --multipliers 1 3   # also proxies at 3x: which budget ranks well?
+
+Fourteen configurations across the paper's design space (vanilla, recursive with each
+sharing strategy, expert-choice with Nr 2/3/4, capacity schedules and KV sharing,
+token-choice with both balancing rules, two widths) are trained on the same data
+(builtin corpus, same split) with the same seed at the proxy budget P (training FLOPs,
+the search's unit) and at 10 P. Kendall's tau and Spearman's rho compare the two
+rankings of validation NLL. Target: tau >= 0.8. ``--multipliers`` trains extra proxies
+at m x P and scores each against the same 10 P reference, to find the smallest
+budget whose ranking holds.
+
+Trials are small, so several share the GPU at once (``--jobs``, separate processes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import multiprocessing
+import os
+import time
+from typing import Any
+
+from scipy import stats
+
+from benchmarks.common import target, write_result
+
+SHAPE = dict(vocab_size=256, d_model=192, num_heads=6, num_kv_heads=2, ffn_dim=512, max_seq_len=256)
+QUICK_SHAPE = dict(vocab_size=128, d_model=32, num_heads=4, num_kv_heads=2, ffn_dim=64, max_seq_len=64)
+EC, TC, MC = "expert_choice", "token_choice", "middle_cycle"
+# name -> ModelConfig fields on top of the shape
+CONFIGS: dict[str, dict[str, Any]] = {
+    "vanilla-L6": dict(num_layers=6),
+    "vanilla-L8-d128": dict(num_layers=8, d_model=128, num_heads=4, ffn_dim=344),
+    "recursive-cycle-nr2": dict(num_layers=6, num_recursions=2, sharing="cycle"),
+    "recursive-mcycle-nr3": dict(num_layers=8, num_recursions=3, sharing=MC),
+    "recursive-sequence-nr2": dict(num_layers=6, num_recursions=2, sharing="sequence"),
+    "recursive-msequence-nr3": dict(num_layers=8, num_recursions=3, sharing="middle_sequence"),
+    "mor-ec-mcycle-nr2": dict(num_layers=8, num_recursions=2, sharing=MC, router=EC),
+    "mor-ec-mcycle-nr3": dict(num_layers=8, num_recursions=3, sharing=MC, router=EC),
+    "mor-ec-mcycle-nr4": dict(num_layers=10, num_recursions=4, sharing=MC, router=EC),
+    "mor-ec-cycle-nr3-geometric": dict(
+        num_layers=6, num_recursions=3, sharing="cycle", router=EC, capacity_schedule="geometric"
+    ),  # fmt: skip
+    "mor-ec-mcycle-nr3-kvshare": dict(
+        num_layers=8, num_recursions=3, sharing=MC, router=EC, kv_strategy="recursive_sharing"
+    ),  # fmt: skip
+    "mor-tc-mcycle-nr3": dict(num_layers=8, num_recursions=3, sharing=MC, router=TC),
+    "mor-tc-mcycle-nr3-lossfree": dict(num_layers=8, num_recursions=3, sharing=MC, router=TC, balancing="loss_free"),
+    "mor-ec-mcycle-nr2-d256": dict(
+        num_layers=8, num_recursions=2, sharing=MC, router=EC, d_model=256, num_heads=8, ffn_dim=688
+    ),  # fmt: skip
+}
+QUICK_CONFIGS = ["vanilla-L6", "recursive-mcycle-nr3", "mor-ec-mcycle-nr3", "mor-tc-mcycle-nr3", "mor-ec-mcycle-nr2"]
+
+
+def budget_fields(quick: bool) -> dict[str, Any]:
+    if quick:
+        return dict(kind="flops", value=3e9, batch_size=8, seq_len=64)
+    return dict(kind="flops", value=1e13, batch_size=32, seq_len=256)
+
+
+def model_fields(name: str, quick: bool) -> dict[str, Any]:
+    fields = dict(CONFIGS[name])
+    if quick:  # keep the structure, drop the width
+        for key in ("d_model", "num_heads", "ffn_dim"):
+            fields.pop(key, None)
+        return {**QUICK_SHAPE, **fields}
+    return {**SHAPE, **fields}
+
+
+def train_one(job: tuple[str, dict[str, Any], dict[str, Any], int]) -> dict[str, Any]:
+    """One run in a worker process: returns the numbers the table needs."""
+    import torch
+
+    from morsearch.config import DataConfig, ModelConfig, TrainBudget
+    from morsearch.errors import MorsearchError
+    from morsearch.train import run_proxy
+
+    name, model, budget, builtin_tokens = job
+    if not torch.cuda.is_available():
+        torch.set_num_threads(1)  # parallel CPU jobs: one thread each
+    cfg = ModelConfig(**model)
+    start = time.perf_counter()
+    try:
+        result = run_proxy(cfg, TrainBudget(**budget), DataConfig(builtin_tokens=builtin_tokens))
+    except MorsearchError as error:
+        return {"name": name, "flops": budget["value"], "error": str(error)}
+    return {
+        "name": name,
+        "flops": budget["value"],
+        "val_nll": result.val_nll,
+        "tokens": result.tokens_seen,
+        "params": cfg.unique_parameters(),
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def rank_agreement(proxy: dict[str, float], reference: dict[str, float]) -> dict[str, float]:
+    names = sorted(set(proxy) & set(reference))
+    a, b = [proxy[n] for n in names], [reference[n] for n in names]
+    return {
+        "kendall_tau": float(stats.kendalltau(a, b).statistic),
+        "spearman_rho": float(stats.spearmanr(a, b).statistic),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny CPU smoke run; result not written")
+    parser.add_argument("--proxy-flops", type=float, default=None, help="proxy budget P (training FLOPs)")
+    parser.add_argument("--factor", type=float, default=10.0, help="reference budget = factor x P")
+    parser.add_argument("--multipliers", type=float, nargs="*", default=[1.0], help="proxies at m x P")
+    parser.add_argument("--jobs", type=int, default=None, help="runs at once (default: 4 on GPU, 2 on CPU)")
+    args = parser.parse_args()
+    if args.quick:
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    jobs = args.jobs or (4 if cuda else 2)
+    base = budget_fields(args.quick)
+    if args.proxy_flops:
+        base["value"] = args.proxy_flops
+    names = QUICK_CONFIGS if args.quick else list(CONFIGS)
+    multipliers = sorted({1.0, *args.multipliers})
+    budgets = {"reference": base["value"] * args.factor} | {f"proxy_x{m:g}": base["value"] * m for m in multipliers}
+    # enough generated text that even the reference run sees each token only a few times
+    builtin_tokens = 200_000 if args.quick else 20_000_000
+    work = [
+        (name, model_fields(name, args.quick), {**base, "value": value}, builtin_tokens)
+        for value in sorted(set(budgets.values()), reverse=True)  # longest first: better packing
+        for name in names
+    ]
+    print(f"{len(work)} runs, {jobs} at a time, P = {base['value']:.3g} FLOPs, reference {args.factor:g} P")
+    started = time.perf_counter()
+    runs: list[dict[str, Any]] = []
+    with cf.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        for run in pool.map(train_one, work):
+            runs.append(run)
+            shown = f"{run['val_nll']:.4f} nll, {run['tokens']:,} tokens" if "val_nll" in run else run["error"]
+            print(f"  {run['name']:30s} {run['flops']:.3g} FLOPs: {shown}")
+
+    nll = {
+        label: {r["name"]: r["val_nll"] for r in runs if r["flops"] == v and "val_nll" in r}
+        for label, v in budgets.items()
+    }
+    agreement = {label: rank_agreement(nll[label], nll["reference"]) for label in budgets if label != "reference"}
+    reference_rank = {n: i + 1 for i, n in enumerate(sorted(nll["reference"], key=nll["reference"].get))}
+    proxy_rank = {n: i + 1 for i, n in enumerate(sorted(nll["proxy_x1"], key=nll["proxy_x1"].get))}
+    table = [
+        {
+            "name": n,
+            "params": next(r["params"] for r in runs if r["name"] == n and "params" in r),
+            "proxy_nll": nll["proxy_x1"].get(n),
+            "reference_nll": nll["reference"][n],
+            "proxy_rank": proxy_rank.get(n),
+            "reference_rank": reference_rank[n],
+            "config": model_fields(n, args.quick),
+        }
+        for n in names
+        if n in nll["reference"]
+    ]
+    print(f"\n{'config':30s} {'params':>9s} {'proxy':>8s} {'10x':>8s} rank")
+    for row in sorted(table, key=lambda r: r["reference_rank"]):
+        print(
+            f"{row['name']:30s} {row['params']:9,d} {row['proxy_nll'] or float('nan'):8.4f} "
+            f"{row['reference_nll']:8.4f} {row['proxy_rank']} -> {row['reference_rank']}"
+        )
+    for label, values in agreement.items():
+        print(f"{label:12s} kendall tau {values['kendall_tau']:.3f}  spearman rho {values['spearman_rho']:.3f}")
+    raw = {
+        "proxy_flops": base["value"],
+        "reference_flops": budgets["reference"],
+        "budget": base,
+        "data": {"source": "builtin", "builtin_tokens": builtin_tokens},
+        "agreement": agreement,
+        "table": table,
+        "runs": runs,
+        "wall_seconds": time.perf_counter() - started,
+        "jobs": jobs,
+    }
+    targets = [target("kendall_tau_proxy_vs_10x", agreement["proxy_x1"]["kendall_tau"], 0.8)]
+    targets += [
+        target(f"kendall_tau_{label}_vs_reference", values["kendall_tau"], 0.8)
+        for label, values in agreement.items()
+        if label != "proxy_x1"
+    ]
+    if args.quick:
+        print("quick run: result not written")
+        return
+    print("wrote", write_result("proxy_fidelity", raw, targets))
+
+
+if __name__ == "__main__":
+    main()

@@ -23,7 +23,7 @@ from morsearch.errors import ConfigError, MorsearchError, StorageError
 from morsearch.search.results import StudyView, TrialRecord, open_study
 from morsearch.store import redact
 
-__all__ = ["export_file_name", "export_to_folder", "export_trial", "render_export", "trial_model_config"]
+__all__ = ["export_file_name", "export_to_folder", "export_trial", "render_export", "safe_stem", "trial_model_config"]
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -124,10 +124,14 @@ def export_trial(storage_url: str, study_name: str, trial_number: int, out_path:
     return path
 
 
+def safe_stem(name: str) -> str:
+    """``name`` reduced to letters, digits, '.', '_' and '-' (no separators, no leading dot)."""
+    return (_UNSAFE.sub("_", name).strip("._") or "study")[:80]
+
+
 def export_file_name(study_name: str, trial_number: int) -> str:
     """A file name made only of safe characters, whatever the study name holds."""
-    stem = _UNSAFE.sub("_", study_name).strip("._") or "study"
-    return f"{stem[:80]}-trial{int(trial_number)}.yaml"
+    return f"{safe_stem(study_name)}-trial{int(trial_number)}.yaml"
 
 
 def export_to_folder(view: StudyView, trial_number: int, folder: str | Path) -> Path:

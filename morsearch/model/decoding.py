@@ -232,18 +232,30 @@ class RowSlot:
         for r in rows:
             self.lengths[r] += 1
 
-    def read(self, rows: list[int], rows_dev: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Keys, values (n, G, S, E) of ``rows`` (sorted) and their mask (n, 1, 1, S) or None."""
+    def read(
+        self, rows: list[int], rows_dev: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, bool]:
+        """Keys, values (n, G, S, E) for ``rows`` (sorted), their mask (n, 1, 1, S) or None,
+        and whether they cover every row of the slot instead (``dense``).
+
+        Gathering a subset of rows copies their K/V, which costs about twice what
+        attention reads; when the subset is over a third of the rows, reading all of
+        them in place is cheaper, and the caller picks its rows out of the result.
+        """
         assert self.keys is not None and self.values is not None
-        used = max(self.lengths[r] for r in rows)
-        if len(rows) == self.shape[0]:  # every row, in order: a view, no copy
-            keys, values = self.keys[:, :, :used], self.values[:, :, :used]
+        B = self.shape[0]
+        dense = 3 * len(rows) >= B
+        used = max(self.lengths) if dense else max(self.lengths[r] for r in rows)
+        if dense:
+            keys, values, lengths = self.keys[:, :, :used], self.values[:, :, :used], self.lengths_dev
+            uniform = all(length == used for length in self.lengths)
         else:
             keys, values = self.keys[rows_dev, :, :used], self.values[rows_dev, :, :used]
-        if all(self.lengths[r] == used for r in rows):
-            return keys, values, None
-        mask = torch.arange(used, device=keys.device) < self.lengths_dev[rows_dev].unsqueeze(1)  # (n, S)
-        return keys, values, mask.view(len(rows), 1, 1, used)
+            lengths, uniform = self.lengths_dev[rows_dev], all(self.lengths[r] == used for r in rows)
+        if uniform:
+            return keys, values, None, dense
+        mask = torch.arange(used, device=keys.device) < lengths.unsqueeze(1)  # (n or B, S)
+        return keys, values, mask.view(mask.shape[0], 1, 1, used), dense
 
     def allocated_bytes(self) -> int:
         if self.keys is None or self.values is None:
@@ -319,10 +331,13 @@ class RowDecoder:
             if write is not None:
                 assert g.stop <= writers
                 write.append(g.rows, rows, k[g.start : g.stop], v[g.start : g.stop])
-            keys, values, mask = read.read(g.rows, rows)
-            outs.append(
-                F.scaled_dot_product_attention(q[g.start : g.stop], keys, values, attn_mask=mask, enable_gqa=H != G)
-            )
+            keys, values, mask, dense = read.read(g.rows, rows)
+            q_g = q[g.start : g.stop]
+            if dense and len(g.rows) < keys.shape[0]:  # queries of the other rows are zeros, outputs dropped
+                q_g = q.new_zeros(keys.shape[0], H, 1, E).index_copy_(0, rows, q_g)
+                outs.append(F.scaled_dot_product_attention(q_g, keys, values, attn_mask=mask, enable_gqa=H != G)[rows])
+            else:
+                outs.append(F.scaled_dot_product_attention(q_g, keys, values, attn_mask=mask, enable_gqa=H != G))
         out = outs[0] if len(outs) == 1 else torch.cat(outs)  # (n, H, 1, E)
         x = x + attn.o_proj(out.transpose(1, 2).reshape(n, 1, H * E))
         return x + layer.mlp(layer.mlp_norm(x))

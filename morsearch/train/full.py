@@ -151,7 +151,7 @@ def train_full(
         budget,
         target,
         total_steps,
-        eval_interval(budget, total_steps),
+        eval_interval(budget, total_steps, datamodule.num_val_tokens),
         callbacks,
         barebones=False,
         enable_progress_bar=False,

@@ -37,7 +37,9 @@ from morsearch.model import sizing
 from morsearch.train.module import MoRLightningModule
 
 OnEval = Callable[[int, float], bool]
-DEFAULT_EVALUATIONS = 8  # validations per run when budget.eval_every is 0
+# validations per run when budget.eval_every is 0: up to 8, fewer when validating would cost more
+# than ~10 % of the run (a validation token costs about a third of a training token)
+MAX_EVALUATIONS, MIN_EVALUATIONS, VAL_TO_TRAIN_TOKENS = 8, 2, 0.3
 SECONDS_EVAL_EVERY = 100  # steps between validations of a wall-clock budget when eval_every is 0
 
 
@@ -182,13 +184,15 @@ def make_trainer(
     return pl.Trainer(**settings)
 
 
-def eval_interval(budget: TrainBudget, total_steps: int | None) -> int:
-    """Steps between validations."""
+def eval_interval(budget: TrainBudget, total_steps: int | None, val_tokens: int) -> int:
+    """Steps between validations (``budget.eval_every``, else 2 to 8 per run by cost)."""
     if budget.eval_every:
         return budget.eval_every
     if total_steps is None:
         return SECONDS_EVAL_EVERY
-    return max(1, math.ceil(total_steps / DEFAULT_EVALUATIONS))
+    affordable = int(VAL_TO_TRAIN_TOKENS * total_steps * budget.tokens_per_step / max(val_tokens, 1))
+    evaluations = min(max(affordable, MIN_EVALUATIONS), MAX_EVALUATIONS)
+    return max(1, math.ceil(total_steps / evaluations))
 
 
 def prepare(
@@ -253,7 +257,8 @@ def run_proxy(
     target = resolve_device(device)
     module, datamodule, total_steps = prepare(model_config, budget, data, target)
     recorder = EvalRecorder(budget.tokens_per_step, target, on_eval)
-    trainer = make_trainer(budget, target, total_steps, eval_interval(budget, total_steps), [recorder])
+    every = eval_interval(budget, total_steps, datamodule.num_val_tokens)
+    trainer = make_trainer(budget, target, total_steps, every, [recorder])
     _sync(target)
     phases = {"build": time.perf_counter() - started, "compile": 0.0}
 

@@ -56,3 +56,12 @@ def test_budget_validation_names_the_fix() -> None:
         TrainBudget(value=1, warmup_fraction=0.5, decay_fraction=0.6)
     with pytest.raises(ConfigError, match="whole number"):
         TrainBudget(kind="steps", value=2.5)
+
+
+def test_validation_count_follows_its_cost() -> None:
+    from morsearch.train.proxy import eval_interval
+
+    budget = TrainBudget(kind="steps", value=100, batch_size=8, seq_len=32)  # 256 tokens a step
+    assert eval_interval(budget, 100, val_tokens=256) == 13  # cheap validation: 8 per run
+    assert eval_interval(budget, 100, val_tokens=256 * 100) == 50  # costly: the minimum of 2
+    assert eval_interval(budget.replace(eval_every=7), 100, val_tokens=10**9) == 7

@@ -33,6 +33,7 @@ def _root() -> None:
 from morsearch.cli import dashboard  # noqa: E402, F401
 from morsearch.cli import describe  # noqa: E402, F401
 from morsearch.cli import measure  # noqa: E402, F401
+from morsearch.cli import search  # noqa: E402, F401
 from morsearch.cli import train  # noqa: E402, F401
 from morsearch.cli import validate  # noqa: E402, F401
 

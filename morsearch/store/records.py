@@ -99,6 +99,14 @@ def write_study(engine: Engine, record: StudyRecord) -> None:
             session.add(StudyRow(**values))
 
 
+def set_n_trials(engine: Engine, study_name: str, n_trials: int) -> None:
+    """Change a study's total (a restart with a larger ``n_trials`` continues the study)."""
+    with session_scope(engine) as session:
+        row = session.get(StudyRow, study_name)
+        if row is not None:
+            row.n_trials = n_trials
+
+
 def read_study(engine: Engine, study_name: str) -> StudyRecord | None:
     """The settings of ``study_name``, or ``None`` if the study was not created by morsearch."""
     with session_scope(engine) as session:

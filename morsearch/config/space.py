@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Annotated, Any, Literal, get_args, get_origin, get_type_hints
 
-from pydantic import Field, TypeAdapter, ValidationError, field_validator, model_validator
+from pydantic import Field, TypeAdapter, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
@@ -521,12 +521,18 @@ def _check_conditions(problems: _Problems, params: dict[str, ParamSpec]) -> None
             if possible is None:
                 problems.add(loc, f"conditions may name fixed or categorical parameters; {other} is a range")
                 continue
+            annotation, info = searchable_fields()[other]
+            shown = [str(p) for p in possible]
             for value in allowed:
-                if value not in possible:
-                    shown = [str(p) for p in possible]
-                    hint = _nearest(str(value), shown)
+                # a value the field cannot take is a typo; one outside today's choices is fine (spaces get narrowed)
+                try:
+                    TypeAdapter(Annotated[annotation, info]).validate_python(value)
+                except ValidationError:
+                    hint = _nearest(str(value), [str(c) for c in literal_choices(annotation) or possible])
                     fix = f"did you mean '{hint}'?" if hint else f"{other} takes {', '.join(shown)}"
-                    problems.add(loc, f"{other}={value!r} can never hold; {fix}", value)
+                    problems.add(loc, f"{other} cannot be {value!r}; {fix}", value)
+            if not any(value in possible for value in allowed):
+                problems.add(loc, f"never holds: {other} takes {', '.join(shown)}", allowed)
     try:
         condition_order(params)
     except ValueError as exc:
@@ -674,6 +680,30 @@ class SearchSpace(FrozenConfig):
     @classmethod
     def _model(cls, raw: Any) -> dict[str, ParamSpec]:
         return _check_model_section(raw)
+
+    @field_validator("baselines")
+    @classmethod
+    def _baseline_values(cls, settings: BaselineSettings, info: ValidationInfo) -> BaselineSettings:
+        model: dict[str, ParamSpec] | None = info.data.get("model")
+        if model is None or not settings.params:
+            return settings
+        problems = _Problems()
+        fields = searchable_fields()
+        parsed = {}
+        for name, value in settings.params.items():
+            loc = ("params", name)
+            if name not in model:
+                problems.add(loc, f"'{name}' is not in the model section; {_did_you_mean(name, list(model))}")
+                continue
+            parsed[name] = value = _check_value(problems, loc, *fields[name], value)
+            spec = model[name]
+            possible = spec.possible_values()
+            inside = value in possible if possible is not None else spec.low <= value <= spec.high  # type: ignore[operator]
+            if not inside:
+                allowed = possible if possible is not None else f"{spec.low} .. {spec.high}"
+                problems.add(loc, f"outside the space; {name} takes {allowed}", value)
+        problems.raise_if_any("baselines")
+        return settings.replace(params=parsed)
 
     @model_validator(mode="after")
     def _cross_section(self) -> SearchSpace:

@@ -165,7 +165,8 @@ def suggest(trial: optuna.trial.BaseTrial, space: SearchSpace) -> TrialSpec:
         model = model_config_from_values(values)
     except ConfigError as exc:
         shown = ", ".join(f"{k}={v}" for k, v in chosen.items())
-        raise ConfigError(f"trial {trial.number}: {shown} is not a valid model: {exc}") from None
+        detail = " ".join(str(exc).removeprefix("invalid ModelConfig:").split())  # one line, for logs and tables
+        raise ConfigError(f"trial {trial.number}: {shown} is not a valid model: {detail}") from None
     return TrialSpec(
         model=model,
         budget=space.budget,

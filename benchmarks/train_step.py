@@ -9,7 +9,9 @@ Models (issue "The MoR model library", Speed):
   recursive  morsearch, Middle-Cycle Nr=3, no routing: same width and effective depth
   mor_ec     morsearch, Middle-Cycle Nr=3, expert-choice (capacities 1, 2/3, 1/3)
   mor_tc     morsearch, Middle-Cycle Nr=3, token-choice
-morsearch models use ``compile_layers()`` (each unique layer compiled; routing eager).
+morsearch models are compiled whole (``--compile model``, the default: routing included, one
+graph per model) or per layer (``--compile layers``: ``MoRModel.compile_layers()``, fast to compile,
+routing eager, more CPU overhead per step).
 Targets: vanilla >= 0.95 x anchor; mor_ec >= 1.3 x recursive.
 """
 
@@ -166,17 +168,21 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=None)
     parser.add_argument("--seq", type=int, default=None)
     parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--compile", choices=["model", "layers"], default="model", help="how morsearch models compile")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() and not args.quick else "cpu")
     batch = args.batch or (2 if args.quick else 8)
     seq = args.seq or (32 if args.quick else 2048)
     steps = args.steps or (2 if args.quick else 10)
-    warmup = 1 if args.quick else 4
+    warmup = 1 if args.quick else 10  # token-choice meets up to 8 padded shapes per step
     torch.manual_seed(0)
     torch.backends.cuda.matmul.allow_tf32 = True
+    torch._dynamo.config.recompile_limit = 64  # token-choice: one graph per padded shape
 
     cfgs = configs(args.quick)
-    raw: dict[str, object] = {"batch": batch, "seq_len": seq, "steps_per_window": steps, "models": {}}
+    raw: dict[str, object] = {
+        "batch": batch, "seq_len": seq, "steps_per_window": steps, "compile": args.compile, "models": {},
+    }
     models: dict[str, dict] = raw["models"]  # type: ignore[assignment]
     anchor = AnchorGPT(cfgs["vanilla"]).to(device)
     anchor_compiled = torch.compile(anchor) if device.type == "cuda" else anchor
@@ -186,12 +192,15 @@ def main() -> None:
     for name, cfg in cfgs.items():
         torch.manual_seed(0)
         model = build_model(cfg, device=device)
-        if device.type == "cuda":
+        compiled: nn.Module = model
+        if device.type == "cuda" and args.compile == "layers":
             model.compile_layers()
-        models[name] = time_training(name, model, morsearch_step, batch, seq, steps, warmup)
+        elif device.type == "cuda":
+            compiled = torch.compile(model, dynamic=False)
+        models[name] = time_training(name, compiled, morsearch_step, batch, seq, steps, warmup)
         models[name]["params"] = cfg.unique_parameters()
         models[name]["config"] = cfg.model_dump(mode="json")
-        del model
+        del model, compiled
         if device.type == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()

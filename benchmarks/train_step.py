@@ -189,6 +189,9 @@ def main() -> None:
     models["anchor"] = time_training("anchor", anchor_compiled, anchor_step, batch, seq, steps, warmup)
     models["anchor"]["params"] = sum(p.numel() for p in anchor.parameters())
     del anchor, anchor_compiled
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
     for name, cfg in cfgs.items():
         torch.manual_seed(0)
         model = build_model(cfg, device=device)

@@ -255,7 +255,7 @@ def _sizing_knobs() -> dict[str, tuple[Any, FieldInfo]]:
     for name, parameter in signature.parameters.items():
         if parameter.kind == parameter.VAR_KEYWORD or name in ModelConfig.model_fields:
             continue
-        default = ... if parameter.default is parameter.empty else parameter.default
+        default = None if parameter.default is parameter.empty else parameter.default  # params_unique: optional
         knobs[name] = (hints[name], Field(default, gt=0, description=_KNOB_DESCRIPTIONS[name]))
     return knobs
 

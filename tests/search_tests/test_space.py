@@ -201,13 +201,16 @@ def test_a_space_of_only_invalid_models_is_refused(tmp_path):
     assert any("100% of random samples are not valid models" in p and "when:" in p for p in problems)
 
 
-def test_caps_that_reject_everything_are_refused_and_partial_ones_warned(tmp_path):
-    capped = MINIMAL + "constraints: ['params_unique <= 10k']\n"
-    assert any("caps reject every sampled configuration" in p for p in problems_of(write(tmp_path, capped)))
-    partial = MINIMAL + "constraints: ['params_unique <= 70k']\n"
-    report = check_search_space(write(tmp_path, partial))
+def test_caps_that_reject_most_samples_are_warned(tmp_path):
+    report = check_search_space(write(tmp_path, MINIMAL + "constraints: ['params_unique <= 10k']\n"))
+    assert report.capped_share == 1
+    assert any(
+        "100% of random samples break a cap before training (params_unique <= 10k)" in w for w in report.warnings
+    )
+    report = check_search_space(write(tmp_path, MINIMAL + "constraints: ['params_unique <= 70k']\n"))
     assert 0.5 < report.capped_share < 1
-    assert any("break a cap before training" in w for w in report.warnings)
+    report = check_search_space(write(tmp_path, MINIMAL + "constraints: ['params_unique <= 1M']\n"))
+    assert report.capped_share == 0 and report.warnings == []
 
 
 def test_baseline_params_are_checked_against_the_space(tmp_path):
@@ -235,3 +238,12 @@ def test_search_space_built_in_python_is_validated_too():
             model={"num_layers": 2, "d_model": 32, "num_heads": 4, "ffn_dim": 64, "routr": "none"},
             budget={"value": 1e9},
         )
+
+
+def test_reference_doc_is_generated_from_the_field_descriptions():
+    from morsearch.search.space import reference_markdown
+
+    doc = (Path(__file__).parents[2] / "docs" / "SEARCH_SPACE.md").read_text()
+    assert reference_markdown() in doc, "regenerate with morsearch.search.space.update_reference()"
+    for name, info in ModelConfig.model_fields.items():
+        assert f"| `{name}` |" in doc and (info.description or "") in doc

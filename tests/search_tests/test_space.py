@@ -247,3 +247,18 @@ def test_reference_doc_is_generated_from_the_field_descriptions():
     assert reference_markdown() in doc, "regenerate with morsearch.search.space.update_reference()"
     for name, info in ModelConfig.model_fields.items():
         assert f"| `{name}` |" in doc and (info.description or "") in doc
+
+
+def test_validate_command_prints_the_space_or_every_problem(tmp_path, capsys):
+    from morsearch.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["validate", str(write(tmp_path, MINIMAL)), "--json"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert '"study_name": "tiny"' in out and '"baselines": ["vanilla", "recursive"]' in out
+    bad = write(tmp_path, MINIMAL.replace("num_layers", "num_layer"), "bad.yaml")
+    with pytest.raises(SystemExit) as info:
+        main(["validate", str(bad)])
+    assert info.value.code == 2
+    assert "did you mean 'num_layers'?" in capsys.readouterr().err

@@ -286,7 +286,7 @@ def launch(
 
     Args:
         space_path: The search-space YAML.
-        workers: Worker processes (several per GPU are allowed).
+        workers: Worker processes (several per GPU are allowed); 0 only creates the study.
         gpus: GPU indices; worker ``i`` gets ``gpus[i % len(gpus)]``. None: the default device.
         storage: Storage URL overriding the space's.
         console: Where progress goes.
@@ -298,8 +298,8 @@ def launch(
     Raises:
         MorsearchError: A worker exited with an error (its log is named).
     """
-    if workers < 1:
-        raise MorsearchError(f"--workers {workers}: give at least 1")
+    if workers < 0:
+        raise MorsearchError(f"--workers {workers}: give 0 (only create the study) or more")
     console = console or Console()
     space = load_search_space(space_path)
     url = prepare_study(space, storage, space_path)
@@ -307,6 +307,13 @@ def launch(
     console.print(
         f"study [bold]{space.study_name}[/] · {space.n_trials} trials · {workers} worker(s) · store {store.redact(url)}"
     )
+    if workers == 0:  # create the study for workers started elsewhere (docs/SCALING.md)
+        console.print(f"study ready; join it with: morsearch worker --storage URL --study {space.study_name}")
+        rdb, _ = open_storage(url)
+        try:
+            return study_progress(load_study(rdb, space.study_name), space.n_trials, reference_point(space))
+        finally:
+            rdb.engine.dispose()
     console.print(f"worker logs: {logs}")
     procs = []
     for index in range(workers):

@@ -8,7 +8,7 @@
 
 * Exact total: a trial is claimed under a cross-process lock that counts the study's
   trials (a retry replaces the trial it retries, so it is not counted twice) and
-  asks only while the count is below ``n_trials`` or a retry/enqueued trial waits.
+  asks only while the count is below ``n_trials`` or a retry waits (enqueued trials count once started).
 * Crashes: a heartbeat thread beats while the objective runs; every worker sweeps
   RUNNING trials whose heartbeat is older than the grace period (Optuna runs its
   heartbeat only inside ``optimize``), fails them and re-enqueues their parameters.
@@ -249,8 +249,10 @@ class Worker:
                     f"study {self.study.study_name!r}: {prefiltered} configurations broke the space's caps "
                     "before training; loosen the caps (constraints) or narrow the ranges that exceed them"
                 )
-            waiting = any(t.state == TrialState.WAITING for t in trials)
-            if waiting or counted_trials(trials) < self.n_trials:
+            waiting = [t for t in trials if t.state == TrialState.WAITING]
+            retry_waiting = any(RETRY_ATTR in t.system_attrs for t in waiting)
+            # Enqueued trials (baselines) count once they start; a retry replaces its original.
+            if retry_waiting or counted_trials(trials) - counted_trials(waiting) < self.n_trials:
                 with _quiet():
                     trial = self.study.ask()
                 # First beat inside the lock: a trial never exists without one, so it can go stale.

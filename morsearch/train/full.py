@@ -39,6 +39,7 @@ class FullResult:
     val_accuracy: float
     routing: list[float]
     curve: list[tuple[int, float]]  # validations of this invocation (a resumed run starts mid-way)
+    routing_curve: list[tuple[int, list[float]]]  # (tokens, share reaching each step) per validation
     steps: int
     tokens_seen: int
     training_flops: float
@@ -185,6 +186,7 @@ def train_full(
         val_accuracy=metrics["val_accuracy"],
         routing=[value for name, value in metrics.items() if name.startswith("routing_step")],
         curve=recorder.curve,
+        routing_curve=recorder.routing_curve,
         steps=trainer.global_step,
         tokens_seen=tokens,
         training_flops=tokens * sizing.training_flops_per_token(model_config, budget.seq_len),

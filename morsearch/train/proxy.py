@@ -53,7 +53,8 @@ class ProxyResult:
     steps: int
     train_tokens_per_s: float  # training tokens / seconds of the train phase
     phase_seconds: dict[str, float]
-    routing: list[float]  # share of validation tokens reaching each recursion step
+    routing: list[float]  # share of validation tokens reaching each recursion step, at the end
+    routing_curve: list[tuple[int, list[float]]]  # (training tokens seen, routing) at every validation
     stopped_early: bool  # on_eval asked to stop
     val_perplexity: float
     val_accuracy: float  # next-token accuracy
@@ -107,6 +108,7 @@ class EvalRecorder(pl.Callback):
         self.tokens_per_step, self.device, self.on_eval = tokens_per_step, device, on_eval
         self.curve: list[tuple[int, float]] = []
         self.routing: list[float] = []
+        self.routing_curve: list[tuple[int, list[float]]] = []
         self.val_seconds = 0.0
         self.stopped_early = False
         self.train_start = self.train_end = 0.0
@@ -134,6 +136,7 @@ class EvalRecorder(pl.Callback):
         tokens = trainer.global_step * self.tokens_per_step
         self.curve.append((tokens, nll))
         self.routing = [value for name, value in metrics.items() if name.startswith("routing_step")]
+        self.routing_curve.append((tokens, self.routing))
         self.last_eval_step = trainer.global_step
         if self.on_eval is not None and trainer.state.fn == TrainerFn.FITTING and self.on_eval(tokens, nll):
             self.stopped_early = True
@@ -288,6 +291,7 @@ def run_proxy(
         train_tokens_per_s=tokens / train_seconds,
         phase_seconds=phases,
         routing=recorder.routing,
+        routing_curve=recorder.routing_curve,
         stopped_early=recorder.stopped_early,
         val_perplexity=metrics["val_perplexity"],
         val_accuracy=metrics["val_accuracy"],

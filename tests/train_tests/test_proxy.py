@@ -24,6 +24,8 @@ def test_proxy_learns_and_reports_everything() -> None:
     assert result.val_perplexity == pytest.approx(math.exp(result.val_nll), rel=1e-5)
     assert 0.0 < result.val_accuracy < 1.0
     assert len(result.routing) == 2 and result.routing[0] == 1.0 and result.routing[1] <= 1.0
+    assert [tokens for tokens, _ in result.routing_curve] == [2560, 5120, 7680]
+    assert result.routing_curve[-1][1] == result.routing
     assert set(result.phase_seconds) == {"build", "compile", "setup", "train", "validate"}
     assert result.train_tokens_per_s > 0 and result.training_flops > 0
     assert not result.model.training and not result.stopped_early

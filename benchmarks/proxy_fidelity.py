@@ -23,6 +23,7 @@ import concurrent.futures as cf
 import multiprocessing
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 from scipy import stats
@@ -65,12 +66,11 @@ def budget_fields(quick: bool) -> dict[str, Any]:
 
 
 def model_fields(name: str, quick: bool) -> dict[str, Any]:
-    fields = dict(CONFIGS[name])
-    if quick:  # keep the structure, drop the width
-        for key in ("d_model", "num_heads", "ffn_dim"):
-            fields.pop(key, None)
-        return {**QUICK_SHAPE, **fields}
-    return {**SHAPE, **fields}
+    fields = {**SHAPE, **CONFIGS[name]}
+    if quick:  # keep the structure and the width order, shrink the widths
+        d_model = {128: 24, 192: 32, 256: 48}[fields["d_model"]]
+        fields |= {**QUICK_SHAPE, "d_model": d_model, "ffn_dim": 2 * d_model}
+    return fields
 
 
 def train_one(job: tuple[str, dict[str, Any], dict[str, Any], int]) -> dict[str, Any]:
@@ -112,9 +112,11 @@ def rank_agreement(proxy: dict[str, float], reference: dict[str, float]) -> dict
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny CPU smoke run; result not written")
+    parser.add_argument("--all-configs", action="store_true", help="with --quick: all 14 configs, tiny widths")
     parser.add_argument("--proxy-flops", type=float, default=None, help="proxy budget P (training FLOPs)")
     parser.add_argument("--factor", type=float, default=10.0, help="reference budget = factor x P")
     parser.add_argument("--multipliers", type=float, nargs="*", default=[1.0], help="proxies at m x P")
+    parser.add_argument("--out", type=Path, default=None, help="with --quick: write the CPU result here")
     parser.add_argument("--jobs", type=int, default=None, help="runs at once (default: 4 on GPU, 2 on CPU)")
     args = parser.parse_args()
     if args.quick:
@@ -126,7 +128,7 @@ def main() -> None:
     base = budget_fields(args.quick)
     if args.proxy_flops:
         base["value"] = args.proxy_flops
-    names = QUICK_CONFIGS if args.quick else list(CONFIGS)
+    names = QUICK_CONFIGS if args.quick and not args.all_configs else list(CONFIGS)
     multipliers = sorted({1.0, *args.multipliers})
     budgets = {"reference": base["value"] * args.factor} | {f"proxy_x{m:g}": base["value"] * m for m in multipliers}
     # enough generated text that even the reference run sees each token only a few times
@@ -192,6 +194,8 @@ def main() -> None:
     ]
     if args.quick:
         print("quick run: result not written")
+        if args.out:
+            print("wrote", write_result("proxy_fidelity_cpu", raw, targets, out=args.out))
         return
     print("wrote", write_result("proxy_fidelity", raw, targets))
 

@@ -87,3 +87,15 @@ def test_default_device_is_cpu_without_gpu() -> None:
         pytest.skip("has a GPU")
     result = run_proxy(tiny_mor(), steps_budget(2, eval_every=2), DATA)
     assert next(result.model.parameters()).device.type == "cpu"
+
+
+def test_user_text_with_a_local_bpe(tmp_path: Path) -> None:
+    from morsearch.data import builtin_text
+
+    path = tmp_path / "notes.txt"
+    path.write_text(builtin_text(30_000, 2), encoding="utf-8")
+    data = DataConfig(source="text", path=str(path), tokenizer="bpe", bpe_vocab_size=300)
+    result = run_proxy(tiny_mor(vocab_size=300), steps_budget(6, eval_every=6), data, device="cpu")
+    assert math.isfinite(result.val_nll)
+    with pytest.raises(DataError, match="beyond the model's vocabulary of 256 \\(tokenizer vocabulary 300\\)"):
+        run_proxy(tiny_mor(vocab_size=256), steps_budget(6), data, device="cpu")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -50,3 +51,13 @@ def test_quickstart_runs_one_tiny_trial():
     assert 0 < result.val_nll < 6
     measured = measure(result.model, spec.target.replace(repeats=1, warmup=0))
     assert measured.peak_memory_bytes > 0 and measured.decode_tokens_per_s > 0
+
+
+@pytest.mark.parametrize("path", SPACES, ids=lambda p: p.stem)
+def test_space_survives_its_json_dump(path):
+    # a worker joining from another machine rebuilds the space from the copy in the store
+    from morsearch.config.space import SearchSpace
+
+    space = load_search_space(path)
+    again = SearchSpace.model_validate(json.loads(json.dumps(space.model_dump(mode="json"))))
+    assert again == space

@@ -319,7 +319,7 @@ class ParamSpec(FrozenConfig):
     @model_validator(mode="after")
     def _one_form(self) -> ParamSpec:
         is_range = self.low is not None or self.high is not None
-        forms = [self.value is not None, self.choices is not None, is_range]
+        forms = [self.is_fixed, self.choices is not None, is_range]
         if sum(forms) != 1:
             given = [n for n, f in zip(("value", "choices", "low/high"), forms, strict=True) if f]
             raise ValueError(f"give exactly one of value, choices or low/high (a range), got {given or 'none'}")
@@ -334,9 +334,15 @@ class ParamSpec(FrozenConfig):
         return self
 
     @property
+    def is_fixed(self) -> bool:
+        """A fixed value, ``null`` included (``router_gate: null`` keeps the router's default gate)."""
+        given_null = "value" in self.model_fields_set and self.choices is None and self.low is None
+        return self.value is not None or (given_null and self.high is None)
+
+    @property
     def kind(self) -> ParamKind:
         """fixed, categorical, int or float (ranges take the type of their bounds)."""
-        if self.value is not None:
+        if self.is_fixed:
             return "fixed"
         if self.choices is not None:
             return "categorical"
@@ -347,7 +353,7 @@ class ParamSpec(FrozenConfig):
 
     def possible_values(self) -> list[Any] | None:
         """Values a fixed or categorical parameter can take (None for ranges)."""
-        if self.value is not None:
+        if self.is_fixed:
             return [self.value]
         return list(self.choices) if self.choices is not None else None
 
@@ -433,7 +439,7 @@ def _check_param(problems: _Problems, name: str, spec: ParamSpec) -> ParamSpec:
     """Check a spec's values against its field; returns the spec with units parsed."""
     annotation, info = searchable_fields()[name]
     loc: tuple[str | int, ...] = (name,)
-    if spec.value is not None:
+    if spec.is_fixed:
         return spec.replace(value=_check_value(problems, (*loc, "value"), annotation, info, spec.value))
     if spec.choices is not None:
         choices = [

@@ -262,3 +262,11 @@ def test_validate_command_prints_the_space_or_every_problem(tmp_path, capsys):
         main(["validate", str(bad)])
     assert info.value.code == 2
     assert "did you mean 'num_layers'?" in capsys.readouterr().err
+
+
+def test_null_is_a_fixed_value(tmp_path):
+    space = load_search_space(
+        write(tmp_path, MINIMAL.replace("  head_dim: 16\n", "  head_dim: 16\n  router_gate: null\n"))
+    )
+    assert space.model["router_gate"].kind == "fixed" and space.model["router_gate"].value is None
+    assert "router_gate" not in space.searched

@@ -11,9 +11,11 @@ What is timed:
   cold_start_s     ``make_server``: open the store read-only and read every trial once
                    (done before the server listens, so it is not part of a page render)
   api.*            server side, uncached: each view and each filter's JSON (figure included)
-  browser.*        headless Chromium (when installed): ``first_render_s`` from navigation to
-                   the front drawn, then each filter from the click on "Apply" to the redrawn
-                   front, as a user sees it
+  browser.*        headless Chromium (when installed): ``first_visit_render_s`` from navigation
+                   to the front drawn in a fresh browser (plotly.js downloaded and compiled),
+                   ``first_render_s`` the same on a later visit (plotly.js cached by the browser),
+                   then each filter from the click on "Apply" to the redrawn front (uncached on
+                   the server), as a user sees it
 
 The dashboard uses no GPU; on a CUDA machine this measures the same thing (the laptop
 the issue names is the reference, this machine's CPU is the proxy).
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import random
 import sqlite3
 import statistics
@@ -197,12 +200,18 @@ def _time_browser(base: str, medians: dict[str, float]) -> dict[str, Any]:
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--headless", "--disable-gpu"])
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.goto(base + "static/plotly.js")  # the browser caches plotly.js, as after a user's first visit
+        # first visit ever: the browser downloads and compiles plotly.js (4.6 MB) before drawing
+        started = time.perf_counter()
+        page.goto(base)
+        page.wait_for_function(drawn, arg=None, timeout=60_000)
+        out["first_visit_render_s"] = round(time.perf_counter() - started, 4)
+        # later visits (a reload, a new tab): plotly.js comes from the browser's caches
         started = time.perf_counter()
         page.goto(base)
         page.wait_for_function(drawn, arg=None, timeout=60_000)
         out["first_render_s"] = round(time.perf_counter() - started, 4)
-        out["first_render_in_page_ms"] = int(page.evaluate("document.getElementById('front').dataset.renderedMs"))
+        front = page.evaluate("JSON.stringify(document.getElementById('front').dataset)")
+        out["first_render_in_page_ms"] = {k: v for k, v in json.loads(front).items() if k.endswith("Ms")}
 
         def apply(name: str, fill: dict[str, str], uncheck: dict[str, list[str]]) -> None:
             page.click("#reset")
@@ -244,6 +253,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="300 trials, server side only; result not written")
     parser.add_argument("--trials", type=int, default=None)
+    parser.add_argument(
+        "--store", type=Path, default=None, help="keep the built store here and reuse it next time (it takes minutes)"
+    )
     args = parser.parse_args()
     num_trials = args.trials or (300 if args.quick else 5000)
 
@@ -251,8 +263,8 @@ def main() -> None:
     from morsearch.search.results import open_study
 
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "scale.db"
-        build_s = build_store(path, num_trials)
+        path = args.store or Path(tmp) / "scale.db"
+        build_s = build_store(path, num_trials) if not path.exists() else float("nan")
         store_bytes = path.stat().st_size
         url = f"sqlite:///{path}"
         view = open_study(url, "scale")
@@ -269,6 +281,8 @@ def main() -> None:
         base = f"http://127.0.0.1:{server.server_address[1]}/"
         try:
             api = _time_api(base, medians)
+            app._cache.clear()  # the browser's filters must not find the API run's answers
+            app.warm()  # as a freshly started server has it: the default view drawn
             have_browser = Path(CHROMIUM).exists()
             try:
                 import playwright  # noqa: F401
@@ -281,10 +295,12 @@ def main() -> None:
             app.close()
 
     raw = {
+        "load_average_1m_at_end": round(os.getloadavg()[0], 2),
+        "cpus": os.cpu_count(),
         "trials": num_trials,
         "completed": len(done),
         "store_mib": round(store_bytes / 2**20, 1),
-        "build_store_s": round(build_s, 2),
+        "build_store_s": round(build_s, 2) if math.isfinite(build_s) else "reused",
         "cold_start_s": round(cold_start_s, 3),
         "medians": medians,
         "api_s": api,
@@ -300,6 +316,7 @@ def main() -> None:
         browser_filters = [v for k, v in browser.items() if k.startswith("filter_") and k.endswith("_s")]
         targets += [
             target("browser_first_render_s", browser["first_render_s"], 1.0, higher_is_better=False),
+            target("browser_first_visit_render_s", browser["first_visit_render_s"], 1.0, higher_is_better=False),
             target("browser_max_filter_s", max(browser_filters), 1.0, higher_is_better=False),
         ]
     for t in targets:

@@ -48,6 +48,7 @@ __all__ = ["DashboardApp", "make_server", "serve"]
 
 MAX_BODY_BYTES = 4096
 CACHE_ENTRIES = 64
+STUDY_LIST_TTL_S = 5.0
 
 _CSP = (
     "default-src 'none'; script-src 'self' 'unsafe-eval'; style-src 'self' 'unsafe-inline'; "
@@ -92,6 +93,8 @@ class DashboardApp:
         self._views: dict[str, StudyView] = {}
         self._lock = threading.Lock()
         self._cache: OrderedDict[tuple[Any, ...], bytes] = OrderedDict()
+        self._study_list: tuple[float, list[str]] = (-1e9, [])
+        self._version_cache: dict[str, tuple[str, dict[int, str], dict[str, Any]]] = {}
         # Fail now, with the store's message, rather than on the first page load.
         names = self.studies()
         if study is not None and study not in names:
@@ -100,9 +103,16 @@ class DashboardApp:
             )
 
     def studies(self) -> list[str]:
+        """Study names, re-listed at most every few seconds (listing opens the store anew)."""
         if self.only_study is not None:
             return [self.only_study]
-        return list_studies(self.storage_url)
+        with self._lock:
+            stamp, names = self._study_list
+        if time.monotonic() - stamp > STUDY_LIST_TTL_S:
+            names = list_studies(self.storage_url)
+            with self._lock:
+                self._study_list = (time.monotonic(), names)
+        return names
 
     def view(self, name: str) -> StudyView:
         with self._lock:
@@ -113,8 +123,16 @@ class DashboardApp:
             return self._views[name]
 
     def warm(self) -> int:
-        """Read every study once (the slow first read), so the first page render is fast."""
-        return sum(len(self.view(name).trials()) for name in self.studies())
+        """Read every study once and draw its default view, so the first page render is fast.
+
+        Returns:
+            The number of trials read.
+        """
+        count = 0
+        for name in self.studies():
+            count += len(self.view(name).trials())
+            self.front(name, "0-1", {})  # also pays plotly's import before the first visitor
+        return count
 
     def close(self) -> None:
         with self._lock:
@@ -151,7 +169,15 @@ class DashboardApp:
         }
 
     def front(self, study: str, view_name: str, query: dict[str, list[str]]) -> bytes:
-        """The front figure for one view of the filtered trials, as JSON bytes (cached per version)."""
+        """The front figure for one view of the filtered trials, as JSON bytes (cached per version).
+
+        An empty ``study`` means the first one, so the page can ask before it knows the list.
+        """
+        if not study:
+            names = self.studies()
+            if not names:
+                raise StorageError(f"no study in {redact(self.storage_url)} yet; start `morsearch search`")
+            study = names[0]
         view = self.view(study)
         trials = view.trials()
         version = self._version(trials)
@@ -159,19 +185,31 @@ class DashboardApp:
         key = ("front", study, view_name, version, json.dumps(where.__dict__, sort_keys=True, default=list))
         return self._cached(key, lambda: self._front_body(view, trials, view_name, where, version))
 
+    def _per_version(self, view: StudyView, trials: list[Any], version: str) -> tuple[dict[int, str], dict[str, Any]]:
+        """Hover texts and filter options: they depend on the trials, not the filter, so once per version."""
+        with self._lock:
+            stamp, texts, options = self._version_cache.get(view.name, ("", {}, {}))
+        if stamp != version:
+            texts = figures.hover_texts(info.pareto_info(trials, view.objective_names, view.directions))
+            options = info.filter_options(trials, view.objective_names)
+            with self._lock:
+                self._version_cache[view.name] = (version, texts, options)
+        return texts, options
+
     def _front_body(
         self, view: StudyView, trials: list[Any], view_name: str, where: info.TrialFilter, version: str
     ) -> bytes:
         pareto = info.pareto_info(trials, view.objective_names, view.directions, where)
+        hover, options = self._per_version(view, trials, version)
         pairs = pareto.pairs
         if view_name == "3d" and len(view.objective_names) >= 3:
-            fig = figures.pareto_3d_figure(pareto)
+            fig = figures.pareto_3d_figure(pareto, hover)
         else:
             i, _, j = view_name.partition("-")
             pair = (int(i), int(j)) if i.isdigit() and j.isdigit() else pairs[0] if pairs else (0, 0)
             if pair not in pairs:
                 pair = pairs[0] if pairs else (0, 0)
-            fig = figures.pareto_pair_figure(pareto, *pair)
+            fig = figures.pareto_pair_figure(pareto, *pair, hover=hover)
         fig.update_layout(uirevision=view_name, height=560)  # keep zoom/rotation across refreshes
         meta = {
             "study": view.name,
@@ -183,7 +221,7 @@ class DashboardApp:
             "shown": len(pareto.numbers),
             "total": pareto.num_total,
             "front": pareto.front_numbers,
-            "options": info.filter_options(trials, view.objective_names),
+            "options": options,
         }
         # fig.to_json() escapes '<'; splice it in rather than decode and re-encode 5,000 points
         meta_json = json.dumps(meta, allow_nan=False)
@@ -436,8 +474,9 @@ ul.plain {list-style: none; padding: 0; margin: 0} ul.plain a {cursor: pointer; 
     <h2>Measurement</h2><pre id="d-measurement"></pre>
   </section>
 </main>
-<script src="/static/plotly.js"></script>
+<!-- app.js first: it starts fetching the front while the browser is still parsing plotly.js -->
 <script src="/static/app.js"></script>
+<script src="/static/plotly.js"></script>
 </body></html>
 """
 
@@ -460,7 +499,8 @@ function api(path, body) {
 }
 
 function query() {
-  var q = new URLSearchParams({study: S.study, view: S.view});
+  var q = new URLSearchParams({view: S.view});
+  if (S.study) q.append('study', S.study);  // none yet: the server shows the first study
   var f = S.filters || {};
   Object.keys(f.bounds || {}).forEach(function (k) { q.append('bound.' + k, f.bounds[k]); });
   Object.keys(f.ranges || {}).forEach(function (k) { q.append('range.' + k, f.ranges[k]); });
@@ -532,15 +572,22 @@ function buildViews(meta) {
   });
 }
 
+// DOMContentLoaded fires once plotly.js (the next script) has run
+var plotlyReady = new Promise(function (resolve) {
+  if (document.readyState === 'loading') document.addEventListener('DOMContentLoaded', resolve); else resolve();
+});
+
 function loadFront() {
   var t0 = performance.now();
-  return api('/api/front?' + query()).then(function (data) {
-    var meta = data.meta; S.version = meta.version;
+  return Promise.all([api('/api/front?' + query()), plotlyReady]).then(function (done) {
+    var data = done[0], meta = data.meta; S.version = meta.version; S.study = meta.study;
     buildFilters(meta); buildViews(meta);
     $('shown').textContent = 'showing ' + meta.shown + ' of ' + meta.total + ' completed trials; ' +
       meta.front.length + ' on the front. Click a point for its details.';
     var config = {displaylogo: false, responsive: true};
+    var t1 = performance.now();
     return Plotly.react('front', data.figure.data, data.figure.layout, config).then(function () {
+      $('front').dataset.plotMs = String(Math.round(performance.now() - t1));
       var front = $('front');
       if (!S.clickBound) {
         S.clickBound = true;
@@ -620,10 +667,11 @@ $('export').onclick = function () {
 $('study').onchange = function () { selectStudy($('study').value); };
 setInterval(function () { if ($('live').checked && S.study) loadState(); }, 3000);
 
+// The front is requested at once (the server picks the first study); the list fills the selector.
+loadFront().then(loadState);
 api('/api/studies').then(function (r) {
   var sel = $('study');
   r.studies.forEach(function (n) { var o = el('option', n); o.value = n; sel.appendChild(o); });
-  if (!r.studies.length) { $('status').textContent = 'no study in ' + r.store + ' yet'; return; }
-  return selectStudy(r.studies[0]);
+  if (!r.studies.length) $('status').textContent = 'no study in ' + r.store + ' yet';
 }).catch(function (e) { showError(e.message); });
 """

@@ -8,7 +8,7 @@ trial number in ``customdata`` so a click can open that trial. Strings from the 
 from __future__ import annotations
 
 import html
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "curves_figure",
+    "hover_texts",
     "hypervolume_figure",
     "importance_figure",
     "parallel_figure",
@@ -56,16 +57,34 @@ def _label(name: str, direction: str) -> str:
     return f"{html.escape(name)} ({'lower' if direction == 'minimize' else 'higher'} is better)"
 
 
-def _hover(info: ParetoInfo, k: int) -> str:
-    lines = [f"<b>trial {info.numbers[k]}</b>" + (f" ({html.escape(info.baselines[k])})" if info.baselines[k] else "")]
-    lines += [f"{html.escape(n)}: {info.values[k, i]:.6g}" for i, n in enumerate(info.objective_names)]
-    params = list(info.params[k].items())
-    lines += [f"{html.escape(str(p))} = {html.escape(str(v))}" for p, v in params[:MAX_HOVER_PARAMS]]
-    if len(params) > MAX_HOVER_PARAMS:
-        lines.append(f"... {len(params) - MAX_HOVER_PARAMS} more")
-    if not info.feasible[k]:
-        lines.append("violates a constraint")
-    return "<br>".join(lines)
+def hover_texts(info: ParetoInfo) -> dict[int, str]:
+    """Each trial's hover text (trial, objectives, choices), escaped, by trial number.
+
+    A trial's text does not depend on the filter, so the live app computes it once per
+    study version and passes it to the figures of every filter.
+    """
+    escaped: dict[Any, str] = {}  # choices repeat a few values across thousands of trials
+
+    def esc(value: Any) -> str:
+        key = (type(value), value)
+        if key not in escaped:
+            escaped[key] = html.escape(str(value))
+        return escaped[key]
+
+    names = [esc(n) for n in info.objective_names]
+    texts = {}
+    for k, number in enumerate(info.numbers):
+        baseline = info.baselines[k]
+        lines = [f"<b>trial {number}</b>" + (f" ({esc(baseline)})" if baseline else "")]
+        lines += [f"{n}: {v:.6g}" for n, v in zip(names, info.values[k], strict=True)]
+        params = list(info.params[k].items())
+        lines += [f"{esc(p)} = {esc(v)}" for p, v in params[:MAX_HOVER_PARAMS]]
+        if len(params) > MAX_HOVER_PARAMS:
+            lines.append(f"... {len(params) - MAX_HOVER_PARAMS} more")
+        if not info.feasible[k]:
+            lines.append("violates a constraint")
+        texts[number] = "<br>".join(lines)
+    return texts
 
 
 def _groups(info: ParetoInfo) -> list[tuple[str, np.ndarray, dict[str, Any]]]:
@@ -84,11 +103,20 @@ def _groups(info: ParetoInfo) -> list[tuple[str, np.ndarray, dict[str, Any]]]:
     return groups
 
 
-def pareto_pair_figure(info: ParetoInfo, i: int, j: int) -> go.Figure:
-    """Objective ``i`` against objective ``j``: front highlighted, dominated faded, baselines marked."""
+def _point_arrays(info: ParetoInfo, hover: Mapping[int, str] | None) -> tuple[np.ndarray, np.ndarray]:
+    # numpy arrays all through: plotly validates them without a Python loop per point
+    texts = hover if hover is not None else hover_texts(info)
+    return np.array([texts[n] for n in info.numbers], dtype=object), np.asarray(info.numbers, dtype=np.int64)
+
+
+def pareto_pair_figure(info: ParetoInfo, i: int, j: int, hover: Mapping[int, str] | None = None) -> go.Figure:
+    """Objective ``i`` against objective ``j``: front highlighted, dominated faded, baselines marked.
+
+    ``hover`` (from ``hover_texts``) may be computed once and reused across filters.
+    """
     go = _go()
     fig = go.Figure()
-    hover = [_hover(info, k) for k in range(len(info.numbers))]
+    hover_array, numbers = _point_arrays(info, hover)
     for name, mask, style in _groups(info):
         rows = np.flatnonzero(mask)
         opacity = style.pop("opacity")
@@ -100,8 +128,8 @@ def pareto_pair_figure(info: ParetoInfo, i: int, j: int) -> go.Figure:
                 name=name,
                 marker={"size": 7, **style},
                 opacity=opacity,
-                customdata=[info.numbers[k] for k in rows],
-                hovertext=[hover[k] for k in rows],
+                customdata=numbers[rows],
+                hovertext=hover_array[rows],
                 hoverinfo="text",
             )
         )
@@ -129,12 +157,12 @@ def pareto_pair_figure(info: ParetoInfo, i: int, j: int) -> go.Figure:
     return fig
 
 
-def pareto_3d_figure(info: ParetoInfo) -> go.Figure:
+def pareto_3d_figure(info: ParetoInfo, hover: Mapping[int, str] | None = None) -> go.Figure:
     """All three objectives at once (the first three, when a study has more)."""
     go = _go()
     fig = go.Figure()
     dims = min(3, len(info.objective_names))
-    hover = [_hover(info, k) for k in range(len(info.numbers))]
+    hover_array, numbers = _point_arrays(info, hover)
     for name, mask, style in _groups(info):
         rows = np.flatnonzero(mask)
         opacity = style.pop("opacity")
@@ -149,8 +177,8 @@ def pareto_3d_figure(info: ParetoInfo) -> go.Figure:
                 name=name,
                 opacity=opacity,
                 marker={"size": max(3, size - 4), **style},
-                customdata=[info.numbers[k] for k in rows],
-                hovertext=[hover[k] for k in rows],
+                customdata=numbers[rows],
+                hovertext=hover_array[rows],
                 hoverinfo="text",
             )
         )

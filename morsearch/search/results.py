@@ -115,8 +115,7 @@ def _read_only_storage(url: str) -> optuna.storages.RDBStorage:
         parsed = make_url(url)
     except Exception:
         raise StorageError(
-            f"'{url}' is not a storage URL; use e.g. sqlite:///trials/study.db or "
-            "postgresql+psycopg://user@host/db"
+            f"'{url}' is not a storage URL; use e.g. sqlite:///trials/study.db or postgresql+psycopg://user@host/db"
         ) from None
     engine_kwargs: dict[str, Any] = {}
     if parsed.get_backend_name() == "sqlite":
@@ -368,24 +367,24 @@ def pareto_mask(values: np.ndarray, directions: Sequence[str]) -> np.ndarray:
     """Boolean mask of the non-dominated rows of ``values`` (n, num_objectives).
 
     A row is dominated when another is at least as good in every objective and better
-    in one. Duplicated optimal rows are all kept. Runs in O(n x front size).
+    in one. Duplicated optimal rows are all kept. Runs in O(n x front size), vectorised.
     """
     values = np.asarray(values, dtype=float)
     if values.ndim != 2 or values.shape[1] != len(directions):
         raise ValueError(f"values must be (n, {len(directions)}), got {values.shape}")
     signs = np.array([1.0 if d == "minimize" else -1.0 for d in directions])
     losses = values * signs  # everything minimised from here on
-    # Visiting in lexicographic order means no later row can dominate an earlier one,
-    # so each row only needs checking against the front found so far.
-    order = np.lexsort(losses.T[::-1])
+    # Simple cull: the lexicographically smallest remaining row is non-dominated; keep it
+    # and drop every row it dominates. One vectorised pass per front member, so this is
+    # fast when the front is small next to the study, as it is in practice.
+    remaining = np.lexsort(losses.T[::-1])
     front: list[int] = []
-    for i in order:
-        row = losses[i]
-        if front:
-            kept = losses[front]
-            if np.any(np.all(kept <= row, axis=1) & np.any(kept < row, axis=1)):
-                continue
-        front.append(int(i))
+    while remaining.size:
+        best, rest = remaining[0], remaining[1:]
+        front.append(int(best))
+        others = losses[rest]
+        dominated = np.all(losses[best] <= others, axis=1) & np.any(losses[best] < others, axis=1)
+        remaining = rest[~dominated]
     mask = np.zeros(len(values), dtype=bool)
     mask[front] = True
     return mask

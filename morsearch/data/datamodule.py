@@ -15,7 +15,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -43,12 +43,15 @@ class TokenData:
     def num_train_tokens(self) -> int:
         return sum(len(part) for part in self.train_parts)
 
+    @cached_property
+    def _splits_max(self) -> list[tuple[str, np.ndarray, int]]:
+        # one pass over a (possibly huge, memory-mapped) file per process, not one per trial
+        splits = [("validation", self.val), *(("training", part) for part in self.train_parts)]
+        return [(name, array, int(array.max())) for name, array in splits if len(array) > 0]
+
     def check(self, vocab_size: int, batch_size: int, seq_len: int) -> None:
         """Refuse data a model of ``vocab_size`` cannot train on with this batch shape."""
-        for name, array in [("validation", self.val), *(("training", part) for part in self.train_parts)]:
-            if len(array) == 0:
-                continue
-            top = int(array.max())
+        for name, array, top in self._splits_max:
             if top >= vocab_size:
                 position = int(np.argmax(array >= vocab_size))
                 vocab = f" (tokenizer vocabulary {self.tokenizer.vocab_size})" if self.tokenizer else ""

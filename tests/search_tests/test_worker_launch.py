@@ -1,0 +1,71 @@
+"""``morsearch search`` end to end: worker processes, live progress, status and export."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from morsearch import store
+from morsearch.cli import main
+from morsearch.config import ModelConfig, load_config
+from morsearch.errors import StorageError
+from morsearch.search.launch import launch, status_of
+from search_tests.test_objective import tiny_space_file
+
+ROOT = Path(__file__).parents[2]
+
+
+@pytest.fixture
+def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)  # the default store goes to ./trials/
+    # The worker processes import morsearch from this checkout.
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    yield tmp_path
+    store.dispose_engines()
+
+
+def test_search_runs_workers_to_the_exact_total_then_status_and_export(in_tmp: Path, capsys) -> None:
+    space = tiny_space_file(in_tmp, n_trials=2)
+    progress = launch(space, workers=2, refresh_seconds=0.2)
+    assert progress.complete + progress.pruned == 2 and progress.failed == 0 and progress.running == 0
+    assert progress.front and progress.hypervolume > 0
+    url = f"sqlite:///{in_tmp / 'trials' / 'tiny.db'}"
+    study = optuna.load_study(study_name="tiny", storage=url)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
+    assert {t.user_attrs["baseline"] for t in study.trials} == {"vanilla", "recursive"}
+    records = store.read_trials(store.get_engine(url), "tiny")
+    assert [r.trial_number for r in records] == [0, 1] and all(r.curve and r.measurement for r in records)
+    assert len(list((in_tmp / "trials" / "tiny-logs").glob("worker-*.log"))) == 2
+
+    (report,) = status_of(None, "tiny")
+    assert report.progress.complete == 2 and {b[0] for b in report.best} == set(study.metric_names)
+
+    with pytest.raises(SystemExit) as exited:
+        main(["export", "--study", "tiny", "--trial", "0", "--out", str(in_tmp / "best.yaml")])
+    assert exited.value.code == 0
+    exported = load_config(in_tmp / "best.yaml", ModelConfig, section="model")
+    assert exported.model_dump(mode="json") == study.trials[0].user_attrs["model_config"]
+    assert store.read_exports(store.get_engine(url), "tiny")[0]["trial_number"] == 0
+
+
+def test_a_changed_space_needs_its_own_study(in_tmp: Path) -> None:
+    launch(tiny_space_file(in_tmp, n_trials=1), workers=0)
+    with pytest.raises(StorageError, match="different space"):
+        launch(tiny_space_file(in_tmp, n_trials=1, seed=123), workers=0)
+
+
+def test_status_without_a_store_says_how_to_start(in_tmp: Path) -> None:
+    with pytest.raises(StorageError, match="morsearch search"):
+        status_of(None, "nothing-here")
+
+
+@pytest.mark.slow
+def test_quickstart_finishes_on_cpu(in_tmp: Path) -> None:
+    shutil.copy(ROOT / "search_spaces" / "quickstart.yaml", in_tmp / "quickstart.yaml")
+    progress = launch(in_tmp / "quickstart.yaml", workers=2)
+    assert progress.done == progress.n_trials and progress.failed == 0 and progress.front

@@ -10,7 +10,7 @@ from optuna.trial import FixedTrial
 
 from morsearch.model import build_model
 from morsearch.search.distributions import baseline_specs, suggest, violates_caps
-from morsearch.search.space import check_search_space, load_search_space
+from morsearch.search.space import check_search_space, load_search_space, planned_steps
 
 SPACES = sorted((Path(__file__).parents[1] / "search_spaces").glob("*.yaml"))
 
@@ -38,6 +38,16 @@ def test_baselines_build_at_the_space_budget(path):
         model = build_model(spec.model)
         distinct = {id(p): p.numel() for p in model.parameters()}
         assert sum(distinct.values()) == spec.model.unique_parameters()
+
+
+@pytest.mark.parametrize("path", SPACES, ids=lambda p: p.stem)
+def test_planned_steps_match_the_trainer(path):
+    from morsearch.train.proxy import planned_steps as trainer_steps
+
+    space = load_search_space(path)
+    for baseline in baseline_specs(space):
+        spec = suggest(FixedTrial(baseline.params), space)
+        assert planned_steps(spec) == trainer_steps(spec.model, spec.budget) > 0
 
 
 def test_quickstart_runs_one_tiny_trial():

@@ -40,6 +40,7 @@ def validate(
                     "missing_baselines": report.missing_baselines,
                     "invalid_share": report.invalid_share,
                     "capped_share": report.capped_share,
+                    "steps": report.steps,
                     "warnings": report.warnings,
                 }
             )
@@ -69,5 +70,7 @@ def validate(
     console.print(
         f"random samples: {report.invalid_share:.0%} not valid models, {report.capped_share:.0%} rejected by caps"
     )
+    if report.steps:
+        console.print(f"training per trial: {report.steps[0]} to {report.steps[1]} optimizer steps")
     for warning in report.warnings:
         console.print(f"[yellow]warning:[/] {warning}", highlight=False)

@@ -23,6 +23,7 @@ from morsearch.config.load import key_line, line_of, read_yaml
 from morsearch.config.space import SamplerSettings, SearchSpace, flatten_errors
 from morsearch.errors import ConfigError
 from morsearch.search.distributions import (
+    TrialSpec,
     baseline_specs,
     missing_baselines,
     suggest,
@@ -32,6 +33,8 @@ from morsearch.search.samplers import sampler_problems
 
 # Random configurations drawn to check that the space is not empty after caps.
 PROBE_SAMPLES = 64
+# Fewer optimizer steps than this, and a proxy's NLL says little about the model.
+MIN_STEPS = 10
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,7 @@ class SpaceReport:
         missing_baselines: Baselines the space cannot express, with the reason.
         invalid_share: Share of random samples that are not a valid model.
         capped_share: Share of random samples rejected by the caps before training.
+        steps: Fewest and most optimizer steps a sampled model trains for (None: a wall-clock budget).
         warnings: Problems worth fixing that do not stop a search.
     """
 
@@ -52,6 +56,7 @@ class SpaceReport:
     missing_baselines: dict[str, str]
     invalid_share: float
     capped_share: float
+    steps: tuple[int, int] | None = None
     warnings: list[str] = field(default_factory=list)
 
 
@@ -76,26 +81,54 @@ def _schema_problems(error: ConfigError, path: Path, node: yaml.Node | None) -> 
     ]
 
 
-def _probe(space: SearchSpace) -> tuple[float, float, Counter[str], Counter[str]]:
-    """Draw random configurations: shares invalid and capped, with the most common reasons."""
+def planned_steps(spec: TrialSpec) -> int | None:
+    """Optimizer steps the budget pays for (None for a wall-clock budget).
+
+    The arithmetic of ``morsearch.train.proxy.planned_steps`` (a test keeps them
+    equal), repeated here so that validating a space does not import Lightning.
+    """
+    from morsearch.model import sizing
+
+    budget = spec.budget
+    per_step = {
+        "flops": sizing.training_flops_per_token(spec.model, budget.seq_len) * budget.tokens_per_step,
+        "tokens": float(budget.tokens_per_step),
+        "steps": 1.0,
+    }.get(budget.kind)
+    return None if per_step is None else int(budget.value / per_step)
+
+
+@dataclass
+class _Probe:
+    """What random samples of a space look like."""
+
+    invalid: Counter[str] = field(default_factory=Counter)
+    capped: Counter[str] = field(default_factory=Counter)
+    n_capped: int = 0
+    steps: list[int] = field(default_factory=list)
+
+
+def _probe(space: SearchSpace) -> _Probe:
+    """Draw random configurations: invalid ones and capped ones with their reasons, training steps."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(directions=space.directions, sampler=optuna.samplers.RandomSampler(seed=0))
-    invalid: Counter[str] = Counter()
-    capped: Counter[str] = Counter()
-    n_capped = 0
+    probe = _Probe()
     for _ in range(PROBE_SAMPLES):
         trial = study.ask()
         try:
             spec = suggest(trial, space)
         except ConfigError as exc:
-            invalid[str(exc).split(" is not a valid model: ", 1)[-1]] += 1
+            probe.invalid[str(exc).split(" is not a valid model: ", 1)[-1]] += 1
             continue
         reasons = violates_caps(spec, space)
-        n_capped += bool(reasons)
-        capped.update(reason.split(":")[0] for reason in reasons)
-    return sum(invalid.values()) / PROBE_SAMPLES, n_capped / PROBE_SAMPLES, invalid, capped
+        probe.n_capped += bool(reasons)
+        probe.capped.update(reason.split(":")[0] for reason in reasons)
+        steps = planned_steps(spec)
+        if steps is not None and not reasons:
+            probe.steps.append(steps)
+    return probe
 
 
 def _search_problems(space: SearchSpace) -> tuple[list[tuple[tuple[Any, ...], str]], SpaceReport]:
@@ -104,13 +137,20 @@ def _search_problems(space: SearchSpace) -> tuple[list[tuple[tuple[Any, ...], st
     problems: list[tuple[tuple[Any, ...], str]] = list(sampler_problems(space.sampler))
     for baseline in baseline_specs(space):
         try:
-            suggest(FixedTrial(baseline.params), space)
+            spec = suggest(FixedTrial(baseline.params), space)
         except ConfigError as exc:
             problems.append((("baselines",), f"the {baseline.name} baseline is not a valid model: {exc}"))
-    invalid_share, capped_share, invalid, capped = _probe(space)
+            continue
+        steps = planned_steps(spec)
+        if steps is not None and steps < 1:
+            problems.append(
+                (("budget", "value"), f"the {baseline.name} baseline gets less than one optimizer step; raise it")
+            )
+    probe = _probe(space)
+    invalid_share, capped_share = sum(probe.invalid.values()) / PROBE_SAMPLES, probe.n_capped / PROBE_SAMPLES
     warnings = []
-    if invalid:
-        reason, _ = invalid.most_common(1)[0]
+    if probe.invalid:
+        reason, _ = probe.invalid.most_common(1)[0]
         message = (
             f"{invalid_share:.0%} of random samples are not valid models, most often: {reason.strip()}; "
             "add a `when:` condition so they are never sampled"
@@ -119,8 +159,14 @@ def _search_problems(space: SearchSpace) -> tuple[list[tuple[tuple[Any, ...], st
     # a warning, not an error: a tight cap may leave a small feasible region that 64 samples miss
     if capped_share > 0.5:
         warnings.append(
-            f"{capped_share:.0%} of random samples break a cap before training ({', '.join(capped)}); "
+            f"{capped_share:.0%} of random samples break a cap before training ({', '.join(probe.capped)}); "
             "raise the caps or shrink the model section, or most trials will be rejected untrained"
+        )
+    if probe.steps and min(probe.steps) < MIN_STEPS:
+        short = sum(s < MIN_STEPS for s in probe.steps) / len(probe.steps)
+        warnings.append(
+            f"{short:.0%} of sampled models train for fewer than {MIN_STEPS} optimizer steps "
+            f"(fewest {min(probe.steps)}); raise budget.value or lower budget.batch_size"
         )
     for name, reason in missing_baselines(space).items():
         warnings.append(f"no {name} baseline: {reason}")
@@ -130,6 +176,7 @@ def _search_problems(space: SearchSpace) -> tuple[list[tuple[tuple[Any, ...], st
         missing_baselines=missing_baselines(space),
         invalid_share=invalid_share,
         capped_share=capped_share,
+        steps=(min(probe.steps), max(probe.steps)) if probe.steps else None,
         warnings=warnings,
     )
     return problems, report

@@ -35,7 +35,7 @@ model:
   num_recursions: [1, 2]
   sharing: [middle_cycle, cycle]
   router: {choices: [none, expert_choice], when: {num_recursions: 2}}
-budget: {kind: tokens, value: 1000, seq_len: 32}
+budget: {kind: tokens, value: 20000, seq_len: 32}
 target: {device: cpu, dtype: float32, prompt_len: 16, new_tokens: 8}
 """
 
@@ -270,3 +270,17 @@ def test_null_is_a_fixed_value(tmp_path):
     )
     assert space.model["router_gate"].kind == "fixed" and space.model["router_gate"].value is None
     assert "router_gate" not in space.searched
+
+
+def test_budgets_too_small_to_train_are_refused_or_warned(tmp_path):
+    report = check_search_space(write(tmp_path, MINIMAL))
+    assert report.steps == (39, 39) and report.warnings == []
+    short = MINIMAL.replace("value: 20000", "value: 2000")
+    assert any(
+        "fewer than 10 optimizer steps (fewest 3)" in w for w in check_search_space(write(tmp_path, short)).warnings
+    )
+    none = MINIMAL.replace("value: 20000", "value: 100")
+    assert any(
+        "budget.value: the vanilla baseline gets less than one optimizer step" in p
+        for p in problems_of(write(tmp_path, none))
+    )

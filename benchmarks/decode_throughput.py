@@ -117,8 +117,10 @@ def calibrate_routers(model: MoRModel, tokens: torch.Tensor, iterations: int = 3
 
 def block_statistics(model: MoRModel, decoder: str, batch: int, prompt_len: int, new_tokens: int) -> dict[str, float]:
     """Shared-block calls per generated token and rows per call, from one untimed generation."""
-    prompt = torch.randint(0, model.cfg.vocab_size, (batch, prompt_len), device=model.embed.weight.device)
-    generation = DECODERS[decoder](model).generate(prompt, new_tokens)
+    device = model.embed.weight.device
+    prompt = torch.randint(0, model.cfg.vocab_size, (batch, prompt_len), device=device)
+    continuation = torch.randint(0, model.cfg.vocab_size, (batch, new_tokens), device=device)  # as measure()
+    generation = DECODERS[decoder](model).generate(prompt, new_tokens, continuation)
     decoded = batch * (new_tokens - 1)
     calls = max(generation.block_calls, 1)
     return {

@@ -15,6 +15,7 @@ from morsearch.config.base import FrozenConfig
 
 DeviceName = Literal["cuda", "cpu", "auto"]
 DtypeName = Literal["float32", "bfloat16", "float16"]
+DecodeTokensName = Literal["random", "greedy"]
 
 DTYPE_BYTES: dict[str, int] = {"float32": 4, "bfloat16": 2, "float16": 2}
 
@@ -30,6 +31,14 @@ class DeploymentTarget(FrozenConfig):
     batch_size: int = Field(1, ge=1, description="Sequences decoded together.")
     prompt_len: int = Field(128, ge=1, description="Prompt tokens per sequence (the prefill).")
     new_tokens: int = Field(64, ge=1, description="Tokens generated per sequence after the prompt.")
+    decode_tokens: DecodeTokensName = Field(
+        "random",
+        description=(
+            "Tokens fed back while decoding: random (a fixed random continuation, teacher-forced: the same "
+            "work per token as generation, varied routing even where an untrained model would repeat one "
+            "token, and one workload for every decoder) or greedy (the model's own argmax)."
+        ),
+    )
     repeats: int = Field(5, ge=1, description="Timed repeats of the generation; the median is reported.")
     warmup: int = Field(1, ge=0, description="Untimed generations run first (allocator, kernels, caches).")
 

@@ -3,7 +3,8 @@
 One measurement = warm-up generations (kernels, allocator, caches), one
 generation under a peak-memory monitor, then ``target.repeats`` timed generations.
 Each generation prefills ``prompt_len`` random tokens for ``batch_size`` sequences
-and decodes greedily until each has ``new_tokens`` new tokens, with the decoder
+and decodes until each has ``new_tokens`` new tokens (a fixed random continuation,
+or greedy: ``target.decode_tokens``), with the decoder
 that serves MoR best (continuous depth-wise batching, ``morsearch.model.decoding``).
 The model's routers make the real per-token decisions, so a trained model's depth
 statistics and a random one's differ, and both are measured as they are.
@@ -125,20 +126,24 @@ def measure(
     generator = torch.Generator().manual_seed(seed)
     prompt = torch.randint(0, cfg.vocab_size, (target.batch_size, target.prompt_len), generator=generator)
     prompt = prompt.to(device)
+    forced = None
+    if target.decode_tokens == "random":
+        forced = torch.randint(0, cfg.vocab_size, (target.batch_size, target.new_tokens), generator=generator)
+        forced = forced.to(device)
     run = DECODERS[decoder](model)
     B, P, N = target.batch_size, target.prompt_len, target.new_tokens
 
     with torch.inference_mode():
         for _ in range(target.warmup):
-            run.generate(prompt, N)
+            run.generate(prompt, N, forced)
         with PeakMemory(device) as peak:
-            generation = run.generate(prompt, N)
+            generation = run.generate(prompt, N, forced)
 
         clock = Clock(device)
         prefill_s, decode_s, latencies = [], [], []
         for _ in range(target.repeats):
             clock.start()
-            generation = run.generate(prompt, N, on_iteration=clock.mark)
+            generation = run.generate(prompt, N, forced, on_iteration=clock.mark)
             times = clock.seconds()  # times[0]: end of the prefill (and the first token)
             prefill_s.append(times[0])
             decode_s.append(times[-1] - times[0])

@@ -62,9 +62,14 @@ def test_trained_routers_decide_the_depths(mor_config: ModelConfig) -> None:
     with torch.no_grad():
         model.router.networks[1].weight.normal_(0.0, 1.0)  # a router with an opinion
     target = TARGET.replace(batch_size=8, new_tokens=12, repeats=1)
-    prompt = torch.randint(0, mor_config.vocab_size, (8, 6), generator=torch.Generator().manual_seed(0))
-    expected = DECODERS["reference"](model).generate(prompt, 12).step_tokens  # the model's own forward
-    assert measure(model, target, seed=0).step_token_fraction == tuple(n / (8 * 11) for n in expected)
+    generator = torch.Generator().manual_seed(0)  # the harness draws the prompt, then the continuation
+    prompt = torch.randint(0, mor_config.vocab_size, (8, 6), generator=generator)
+    continuation = torch.randint(0, mor_config.vocab_size, (8, 12), generator=generator)
+    reference = DECODERS["reference"](model)  # the model's own forward
+    for tokens, forced in (("greedy", None), ("random", continuation)):
+        expected = reference.generate(prompt, 12, forced).step_tokens
+        measured = measure(model, target.replace(decode_tokens=tokens), seed=0).step_token_fraction
+        assert measured == tuple(n / (8 * 11) for n in expected)
     with torch.no_grad():
         model.router.networks[1].weight.zero_()  # logit 0 everywhere: the threshold stops every token
     assert measure(model, target).step_token_fraction == (1.0, 0.0)

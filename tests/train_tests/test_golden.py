@@ -33,7 +33,7 @@ MODEL = ModelConfig(
 )
 BUDGET = TrainBudget(kind="flops", value=1.5e10, batch_size=8, seq_len=64, eval_every=10, val_batches=2)
 DATA = DataConfig(builtin_tokens=100_000)
-TOLERANCE = 2e-4  # nats: across CPU kernels/threads; a real change moves the curve far more
+TOLERANCE = 1e-3  # nats: room for other CPUs' kernels; a real change moves the curve far more
 
 
 def test_golden_curve() -> None:

@@ -129,7 +129,9 @@ def _read_only_storage(url: str) -> optuna.storages.RDBStorage:
         url = f"sqlite:///file:{path}?mode=ro&uri=true"
         engine_kwargs["connect_args"] = {"timeout": 30}  # workers may hold the write lock
     elif parsed.get_backend_name() == "postgresql":
-        engine_kwargs["connect_args"] = {"options": "-c default_transaction_read_only=on"}
+        # every transaction read-only, server-enforced; keep options the URL already sets (search_path)
+        options = " ".join(filter(None, [parsed.query.get("options"), "-c default_transaction_read_only=on"]))
+        engine_kwargs["connect_args"] = {"options": options}
     shown = store.redact(url)
     try:
         engine = sqlalchemy.create_engine(url, **engine_kwargs)

@@ -38,9 +38,10 @@ def fill_study(storage_url: str, study_name: str, num_trials: int = 24, seed: in
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     rng = random.Random(seed)
     storage = optuna.storages.RDBStorage(storage_url)
-    # test data need no durability: skip the fsync of every commit (seconds on a slow disk)
-    sqlalchemy.event.listen(storage.engine, "connect", lambda conn, _: conn.execute("PRAGMA synchronous=OFF"))
-    storage.engine.dispose()
+    if storage_url.startswith("sqlite"):
+        # test data need no durability: skip the fsync of every commit (seconds on a slow disk)
+        sqlalchemy.event.listen(storage.engine, "connect", lambda conn, _: conn.execute("PRAGMA synchronous=OFF"))
+        storage.engine.dispose()
     study = optuna.create_study(
         storage=storage, study_name=study_name, directions=DIRECTIONS, sampler=optuna.samplers.RandomSampler(seed)
     )

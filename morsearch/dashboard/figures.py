@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from morsearch.dashboard.info import (
+    TOTAL_PHASES,
     FrontDetails,
     HypervolumeInfo,
     ImportanceInfo,
@@ -53,8 +54,10 @@ def _go() -> Any:
     return go
 
 
-def _label(name: str, direction: str) -> str:
-    return f"{html.escape(name)} ({'lower' if direction == 'minimize' else 'higher'} is better)"
+def _label(info: ParetoInfo, k: int) -> str:
+    unit = f" [{info.units[k]}]" if k < len(info.units) and info.units[k] else ""
+    better = "lower" if info.directions[k] == "minimize" else "higher"
+    return f"{html.escape(info.objective_names[k])}{html.escape(unit)} ({better} is better)"
 
 
 def hover_texts(info: ParetoInfo) -> dict[int, str]:
@@ -147,8 +150,8 @@ def pareto_pair_figure(info: ParetoInfo, i: int, j: int, hover: Mapping[int, str
             )
         )
     fig.update_layout(
-        xaxis_title=_label(info.objective_names[i], info.directions[i]),
-        yaxis_title=_label(info.objective_names[j], info.directions[j]),
+        xaxis_title=_label(info, i),
+        yaxis_title=_label(info, j),
         title=f"{html.escape(info.objective_names[i])} vs {html.escape(info.objective_names[j])}",
         margin={"l": 60, "r": 20, "t": 50, "b": 50},
         legend={"orientation": "h", "y": -0.2},
@@ -310,13 +313,20 @@ def routing_figure(details: FrontDetails) -> go.Figure:
 
 
 def phases_figure(details: FrontDetails) -> go.Figure:
-    """Seconds spent in each phase (build, train, measure, ...), stacked per trial."""
+    """Seconds spent in each phase (build, train, measure, ...), stacked per trial; the whole trial as a mark."""
     go = _go()
     fig = go.Figure()
     labels = [f"trial {n}" for n in details.phases]
     for phase in details.phase_names:
         seconds = [p.get(phase, 0.0) for p in details.phases.values()]
         fig.add_trace(go.Bar(x=labels, y=seconds, name=html.escape(phase)))
+    totals = [next((p[t] for t in TOTAL_PHASES if t in p), None) for p in details.phases.values()]
+    if any(t is not None for t in totals):
+        fig.add_trace(
+            go.Scatter(
+                x=labels, y=totals, mode="markers", name="whole trial", marker={"symbol": "line-ew-open", "size": 30}
+            )
+        )
     fig.update_layout(
         barmode="stack", title="Phase timings", yaxis_title="seconds", margin={"l": 60, "r": 20, "t": 50, "b": 50}
     )

@@ -38,6 +38,7 @@ __all__ = [
     "filter_options",
     "front_details",
     "front_table",
+    "objective_units",
     "hypervolume",
     "hypervolume_history",
     "importance_info",
@@ -45,6 +46,9 @@ __all__ = [
     "pareto_info",
     "trial_details",
 ]
+
+TOTAL_PHASES = ("trial", "total")
+"""Phase names that time the whole trial rather than one part of it (never stacked with the parts)."""
 
 MISSING = "(unset)"
 """Level of a conditional parameter a trial did not use (e.g. the gate of router 'none')."""
@@ -118,6 +122,8 @@ class ParetoInfo:
     params: list[Mapping[str, Any]]
     num_total: int
     """Completed trials before filtering (to say "showing n of N")."""
+    units: tuple[str, ...] = ()
+    """Unit of each objective ('' when the metric is not one morsearch defines)."""
 
     @property
     def pairs(self) -> list[tuple[int, int]]:
@@ -140,6 +146,14 @@ class ParetoInfo:
         mask = pareto_mask(self.values[np.ix_(rows, [i, j])], [self.directions[i], self.directions[j]])
         rows = rows[mask]
         return rows[np.argsort(self.values[rows, i], kind="stable")]
+
+
+def objective_units(names: Sequence[str]) -> tuple[str, ...]:
+    """Each objective's unit, from the search-space metrics table ('' for unknown names)."""
+    from morsearch.config.space import METRICS
+
+    shown = {"nll": "nats/token", "count": "parameters"}
+    return tuple(shown.get(METRICS[n].unit, METRICS[n].unit) if n in METRICS else "" for n in names)
 
 
 def pareto_info(
@@ -171,6 +185,7 @@ def pareto_info(
         baselines=[t.baseline for t in shown],
         params=[t.params for t in shown],
         num_total=len(complete),
+        units=objective_units(names),
     )
 
 
@@ -433,7 +448,7 @@ def front_details(trials: Sequence[TrialRecord], numbers: Sequence[int]) -> Fron
     chosen = [by_number[n] for n in numbers if n in by_number]
     phase_names: dict[str, None] = {}
     for t in chosen:
-        phase_names.update(dict.fromkeys(t.phase_seconds))
+        phase_names.update(dict.fromkeys(p for p in t.phase_seconds if p not in TOTAL_PHASES))
     return FrontDetails(
         numbers=[t.number for t in chosen],
         curves={t.number: list(t.curve) for t in chosen if t.curve},

@@ -58,3 +58,12 @@ def test_3d_hypervolume_parallel_importance_and_details(study_store):
     assert len(figures.routing_figure(details).data) == max(len(r) for r in details.routing.values())
     assert [t.name for t in figures.phases_figure(details).data] == details.phase_names
     view.close()
+
+
+def test_phases_figure_marks_the_whole_trial_apart():
+    import dataclasses
+
+    timed = dataclasses.replace(record(0, (1, 2, 3)), phase_seconds={"train": 5.0, "measure": 1.0, "trial": 7.0})
+    fig = figures.phases_figure(info.front_details([timed], [0]))
+    assert [t.name for t in fig.data] == ["train", "measure", "whole trial"]
+    assert list(fig.data[2].y) == [7.0]

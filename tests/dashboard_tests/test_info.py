@@ -166,3 +166,10 @@ def test_filter_ranges_and_options():
     assert options["choices"] == {"router": ["ec", "none"]}
     assert options["ranges"] == {"width": [0.0, 290.0]}
     assert options["objectives"]["nll"] == [0.0, 29.0]
+
+
+def test_units_and_total_phase():
+    assert info.objective_units(["val_nll", "peak_memory", "mystery"]) == ("nats/token", "bytes", "")
+    timed = dataclasses.replace(record(0, (1, 2, 3)), phase_seconds={"train": 5.0, "measure": 1.0, "trial": 7.0})
+    details = info.front_details([timed], [0])
+    assert details.phase_names == ["train", "measure"]  # the whole-trial time is not a part to stack

@@ -75,10 +75,12 @@ def _schema_problems(error: ConfigError, path: Path, node: yaml.Node | None) -> 
     exc = getattr(error, "validation_error", None)
     if exc is None:
         return [f"{path}: {error}"]
-    return [
-        f"{_locate(path, node, loc, unknown_key)}: {format_problem(loc, text)}"
-        for loc, unknown_key, text in flatten_errors(exc, SearchSpace)
-    ]
+    problems = []
+    for loc, unknown_key, text in flatten_errors(exc, SearchSpace):
+        if text == "Field required":
+            text = f"missing; add '{loc[-1]}:' (docs/SEARCH_SPACE.md lists every key)"
+        problems.append(f"{_locate(path, node, loc, unknown_key)}: {format_problem(loc, text)}")
+    return problems
 
 
 def planned_steps(spec: TrialSpec) -> int | None:

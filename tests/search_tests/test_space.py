@@ -284,3 +284,10 @@ def test_budgets_too_small_to_train_are_refused_or_warned(tmp_path):
         "budget.value: the vanilla baseline gets less than one optimizer step" in p
         for p in problems_of(write(tmp_path, none))
     )
+
+
+def test_missing_and_misspelt_sections_are_named(tmp_path):
+    text = MINIMAL.replace("budget:", "budgte:")
+    problems = problems_of(write(tmp_path, text))
+    assert any(":1: budget: missing; add 'budget:'" in p for p in problems)
+    assert any(":15: budgte: unknown key 'budgte'; did you mean 'budget'?" in p for p in problems)

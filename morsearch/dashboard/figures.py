@@ -84,6 +84,10 @@ def hover_texts(info: ParetoInfo) -> dict[int, str]:
         lines += [f"{esc(p)} = {esc(v)}" for p, v in params[:MAX_HOVER_PARAMS]]
         if len(params) > MAX_HOVER_PARAMS:
             lines.append(f"... {len(params) - MAX_HOVER_PARAMS} more")
+        shape = info.shapes[k] if k < len(info.shapes) else {}
+        resolved = [f"{esc(f)}={esc(v)}" for f, v in shape.items() if f not in info.params[k]]
+        if resolved:
+            lines.append("<i>model: " + ", ".join(resolved) + "</i>")
         if not info.feasible[k]:
             lines.append("violates a constraint")
         texts[number] = "<br>".join(lines)

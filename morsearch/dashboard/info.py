@@ -51,6 +51,9 @@ TOTAL_PHASES = ("trial", "total")
 """Phase names that time the whole trial rather than one part of it (never stacked with the parts)."""
 
 MISSING = "(unset)"
+
+SHAPE_FIELDS = ("d_model", "num_heads", "ffn_dim", "num_layers", "num_recursions", "sharing", "router", "kv_strategy")
+"""The ModelConfig fields a hover shows besides the design choices: what the choices resolved to."""
 """Level of a conditional parameter a trial did not use (e.g. the gate of router 'none')."""
 
 
@@ -124,6 +127,8 @@ class ParetoInfo:
     """Completed trials before filtering (to say "showing n of N")."""
     units: tuple[str, ...] = ()
     """Unit of each objective ('' when the metric is not one morsearch defines)."""
+    shapes: list[Mapping[str, Any]] = field(default_factory=list)
+    """Per point, the ``SHAPE_FIELDS`` of the model it trained (the config the choices resolved to)."""
 
     @property
     def pairs(self) -> list[tuple[int, int]]:
@@ -186,6 +191,9 @@ def pareto_info(
         params=[t.params for t in shown],
         num_total=len(complete),
         units=objective_units(names),
+        shapes=[
+            {k: t.model_config[k] for k in SHAPE_FIELDS if k in t.model_config} if t.model_config else {} for t in shown
+        ],
     )
 
 

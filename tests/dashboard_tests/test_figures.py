@@ -67,3 +67,12 @@ def test_phases_figure_marks_the_whole_trial_apart():
     fig = figures.phases_figure(info.front_details([timed], [0]))
     assert [t.name for t in fig.data] == ["train", "measure", "whole trial"]
     assert list(fig.data[2].y) == [7.0]
+
+
+def test_hover_shows_the_resolved_model_config(study_store):
+    view = open_study(*study_store)
+    pinfo = info.pareto_info(view.trials(), view.objective_names, view.directions)
+    texts = figures.hover_texts(pinfo)
+    number = pinfo.front_numbers[0]
+    assert "router = " in texts[number] and "model: " in texts[number] and "ffn_dim=" in texts[number]
+    view.close()

@@ -290,4 +290,4 @@ def test_missing_and_misspelt_sections_are_named(tmp_path):
     text = MINIMAL.replace("budget:", "budgte:")
     problems = problems_of(write(tmp_path, text))
     assert any(":1: budget: missing; add 'budget:'" in p for p in problems)
-    assert any(":15: budgte: unknown key 'budgte'; did you mean 'budget'?" in p for p in problems)
+    assert any(":13: budgte: unknown key 'budgte'; did you mean 'budget'?" in p for p in problems)

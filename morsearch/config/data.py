@@ -34,10 +34,15 @@ class DataConfig(FrozenConfig):
         "byte", description="byte (256 ids, needs nothing) or bpe (trained on the training text, saved beside it)."
     )
     bpe_vocab_size: int = Field(1024, ge=257, le=65536, description="bpe only: vocabulary size to train.")
-    builtin_tokens: int = Field(
-        2_000_000, ge=10_000, description="builtin only: size of the generated corpus in tokens (bytes)."
+    builtin_tokens: int | None = Field(
+        None,
+        ge=10_000,
+        description="builtin only: size of the generated training text in bytes; null (default): sized by the "
+        "run's token budget (a power of two from 256k to 16M), with a fixed 100k-token validation stream.",
     )
-    val_fraction: float = Field(0.05, gt=0, lt=0.5, description="Share of the tokens held out for validation.")
+    val_fraction: float = Field(
+        0.05, gt=0, lt=0.5, description="Share of the tokens held out for validation (builtin: of builtin_tokens)."
+    )
     val_tokens: int | None = Field(
         None, ge=1, description="Cap on validation tokens (overrides val_fraction when smaller)."
     )

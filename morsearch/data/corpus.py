@@ -79,17 +79,21 @@ SEGMENTS: dict[str, tuple[Callable[[random.Random], str], float]] = {
 
 
 @lru_cache(maxsize=4)
-def builtin_text(num_chars: int, seed: int) -> str:
+def builtin_text(num_chars: int, seed: int, stream: str = "train") -> str:
     """The built-in corpus: ``num_chars`` characters (one byte each), the same for the same seed.
+
+    A shorter text is a prefix of a longer one of the same seed and stream, so a
+    corpus can grow with the budget without changing what it starts with.
 
     Args:
         num_chars: Length of the text; the last segment is cut to fit.
         seed: Seed of the generator; different seeds give different, equally distributed corpora.
+        stream: Independent streams of the same seed (training and validation text).
 
     Returns:
         Printable-ASCII text of segments separated by newlines.
     """
-    rng = random.Random(seed)
+    rng = random.Random(f"{stream}:{seed}")  # str seeds are hashed with sha512: stable across runs
     makers = [maker for maker, _ in SEGMENTS.values()]
     weights = [weight for _, weight in SEGMENTS.values()]
     parts: list[str] = []

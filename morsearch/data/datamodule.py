@@ -1,9 +1,12 @@
 """From a ``DataConfig`` to batches: load, tokenize, split, check, and the LightningDataModule.
 
-The split depends only on the data and ``DataConfig.seed``: one contiguous span
-is held out for validation, at a seeded position, and validation reads it in
-fixed consecutive windows. Every trial of a study (same data, same budget shape)
-is therefore scored on exactly the same tokens, whatever its model.
+The split depends only on the data and ``DataConfig.seed``, and validation reads
+it in fixed consecutive windows, so every trial of a study (same data, same
+budget shape) is scored on exactly the same tokens, whatever its model:
+
+* the user's data: one contiguous span, at a seeded position, is held out;
+* the builtin corpus: validation text is its own generated stream, and the
+  training stream is sized by the run (``builtin_tokens: null``) or fixed.
 
 Training windows of ``seq_len + 1`` tokens are drawn at random offsets from
 the rest, from a generator seeded by the training seed, so the batch order is
@@ -73,18 +76,47 @@ class TokenData:
             )
 
 
-def _tokenize(cfg: DataConfig) -> tuple[np.ndarray, Tokenizer | None, str]:
-    if cfg.source == "tokens":
-        assert cfg.path is not None  # DataConfig requires it
-        return open_tokens(cfg.path, cfg.token_dtype), None, cfg.path
-    if cfg.source == "builtin":
-        text, path, source = builtin_text(cfg.builtin_tokens, cfg.seed), None, f"builtin corpus (seed {cfg.seed})"
+# builtin corpus sized by the run: training tokens rounded up to a power of two (so nearby
+# budgets share one cached corpus), within these bounds; windows are drawn with replacement
+BUILTIN_MIN_TOKENS, BUILTIN_MAX_TOKENS = 2**18, 2**24
+BUILTIN_VAL_TOKENS = 100_000  # validation stream when the corpus is sized by the run
+BUILTIN_UNSIZED_TOKENS = 2**21  # wall-clock budgets: the token count is not known in advance
+BUILTIN_BPE_TRAINING_CHARS = 2**20  # a fixed prefix, so every trial gets the same tokenizer
+
+
+def builtin_size(cfg: DataConfig, train_tokens: int | None) -> int:
+    """Tokens of the builtin training stream: fixed by the config, else sized by the run."""
+    if cfg.builtin_tokens is not None:
+        return cfg.builtin_tokens
+    if train_tokens is None:
+        return BUILTIN_UNSIZED_TOKENS
+    wanted = 1 << max(train_tokens - 1, 0).bit_length()
+    return min(max(wanted, BUILTIN_MIN_TOKENS), BUILTIN_MAX_TOKENS)
+
+
+def _builtin(cfg: DataConfig, size: int) -> TokenData:
+    if cfg.val_tokens is not None:
+        val_size = cfg.val_tokens
+    elif cfg.builtin_tokens is not None:
+        val_size = max(1, int(cfg.val_fraction * cfg.builtin_tokens))
     else:
-        assert cfg.path is not None
-        path, source = Path(cfg.path), cfg.path
-        text = read_text(path) if cfg.source == "text" else read_jsonl(path, cfg.text_field)
+        val_size = BUILTIN_VAL_TOKENS
+    tokenizer: Tokenizer = ByteTokenizer()
+    if cfg.tokenizer == "bpe":
+        tokenizer = bpe_for(builtin_text(BUILTIN_BPE_TRAINING_CHARS, cfg.seed), cfg.bpe_vocab_size, None)
+    train = tokenizer.encode(builtin_text(size, cfg.seed, "train"))
+    val = tokenizer.encode(builtin_text(val_size, cfg.seed, "validation"))
+    return TokenData(train_parts=(train,), val=val, tokenizer=tokenizer, source=f"builtin corpus (seed {cfg.seed})")
+
+
+def _tokenize(cfg: DataConfig) -> tuple[np.ndarray, Tokenizer | None, str]:
+    assert cfg.path is not None  # DataConfig requires it for every source but builtin
+    if cfg.source == "tokens":
+        return open_tokens(cfg.path, cfg.token_dtype), None, cfg.path
+    path = Path(cfg.path)
+    text = read_text(path) if cfg.source == "text" else read_jsonl(path, cfg.text_field)
     tokenizer: Tokenizer = ByteTokenizer() if cfg.tokenizer == "byte" else bpe_for(text, cfg.bpe_vocab_size, path)
-    return tokenizer.encode(text), tokenizer, source
+    return tokenizer.encode(text), tokenizer, cfg.path
 
 
 def _signature(cfg: DataConfig) -> tuple[tuple[str, int, int], ...]:
@@ -96,13 +128,22 @@ def _signature(cfg: DataConfig) -> tuple[tuple[str, int, int], ...]:
     return tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
 
 
-def load_tokens(cfg: DataConfig) -> TokenData:
-    """Read, tokenize and split the data of ``cfg`` (cached per process: a worker runs many trials)."""
-    return _load_tokens(cfg, _signature(cfg))
+def load_tokens(cfg: DataConfig, train_tokens: int | None = None) -> TokenData:
+    """Read, tokenize and split the data of ``cfg`` (cached per process: a worker runs many trials).
+
+    Args:
+        cfg: The data source.
+        train_tokens: Training tokens the run will consume; sizes the builtin corpus when
+            ``cfg.builtin_tokens`` is None (ignored otherwise).
+    """
+    size = builtin_size(cfg, train_tokens) if cfg.source == "builtin" else 0
+    return _load_tokens(cfg, _signature(cfg), size)
 
 
 @lru_cache(maxsize=4)
-def _load_tokens(cfg: DataConfig, signature: tuple[tuple[str, int, int], ...]) -> TokenData:
+def _load_tokens(cfg: DataConfig, signature: tuple[tuple[str, int, int], ...], builtin_tokens: int) -> TokenData:
+    if cfg.source == "builtin":
+        return _builtin(cfg, builtin_tokens)
     tokens, tokenizer, source = _tokenize(cfg)
     if len(tokens) < 2:
         raise DataError(f"{source}: only {len(tokens)} token(s); a language model needs a text to train on")
@@ -158,13 +199,22 @@ class MorDataModule(pl.LightningDataModule):
         seq_len: Tokens per sequence (inputs; each window holds one more for the targets).
         seed: Seed of the training batch order (the split uses ``cfg.seed``).
         val_batches: Validation batches per evaluation.
+        train_tokens: Training tokens the run will consume (sizes the builtin corpus).
     """
 
     def __init__(
-        self, cfg: DataConfig, *, vocab_size: int, batch_size: int, seq_len: int, seed: int = 0, val_batches: int = 8
+        self,
+        cfg: DataConfig,
+        *,
+        vocab_size: int,
+        batch_size: int,
+        seq_len: int,
+        seed: int = 0,
+        val_batches: int = 8,
+        train_tokens: int | None = None,
     ) -> None:
         super().__init__()
-        self.cfg, self.vocab_size = cfg, vocab_size
+        self.cfg, self.vocab_size, self.train_tokens = cfg, vocab_size, train_tokens
         self.batch_size, self.seq_len, self.seed, self.val_batches = batch_size, seq_len, seed, val_batches
         self.data: TokenData | None = None
         self.val: torch.Tensor | None = None
@@ -173,7 +223,7 @@ class MorDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.data is not None:
             return
-        data = load_tokens(self.cfg)
+        data = load_tokens(self.cfg, self.train_tokens)
         data.check(self.vocab_size, self.batch_size, self.seq_len)
         self.data = data
         self.val = validation_windows(data, self.seq_len, self.val_batches * self.batch_size)

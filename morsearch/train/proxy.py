@@ -210,6 +210,7 @@ def prepare(
         seq_len=budget.seq_len,
         seed=budget.seed,
         val_batches=budget.val_batches,
+        train_tokens=total_steps * budget.tokens_per_step if total_steps is not None else None,
     )
     datamodule.setup()  # data errors surface here, before anything is built
     torch.manual_seed(budget.seed)

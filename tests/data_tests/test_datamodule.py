@@ -25,9 +25,18 @@ def test_split_is_fixed_by_data_seed_not_training_seed() -> None:
     torch.testing.assert_close(next(iter(a.val_dataloader())), next(iter(b.val_dataloader())))
     assert not torch.equal(next(iter(a.train_dataloader())), next(iter(b.train_dataloader())))
     data = load_tokens(SMALL)
-    assert len(data.val) == 2_000 and data.num_train_tokens == 18_000
+    assert len(data.val) == 2_000 and data.num_train_tokens == 20_000
     other = load_tokens(SMALL.replace(seed=5))
     assert not np.array_equal(data.val, other.val)
+
+
+def test_builtin_corpus_grows_with_the_run_and_keeps_its_validation_set() -> None:
+    sized = DataConfig()  # builtin_tokens null: sized by the run
+    small, large = load_tokens(sized, train_tokens=300_000), load_tokens(sized, train_tokens=3_000_000)
+    assert small.num_train_tokens == 2**19 and large.num_train_tokens == 2**22
+    np.testing.assert_array_equal(small.val, large.val)  # trials of any size are scored alike
+    np.testing.assert_array_equal(small.train_parts[0], large.train_parts[0][: 2**19])
+    assert load_tokens(sized, train_tokens=10).num_train_tokens == 2**18
 
 
 def test_training_windows_never_touch_the_validation_span() -> None:

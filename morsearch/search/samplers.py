@@ -70,7 +70,8 @@ SAMPLERS: dict[str, SamplerEntry] = {
     "tpe": SamplerEntry(_tpe, lambda s: {"n_startup_trials": _startup_trials(s), "multivariate": True, "group": True}),
     # OPTUNA.md: a population of 20 instead of 50 helps a lot within a few hundred trials
     "nsga2": SamplerEntry(_nsga2, lambda s: {"population_size": max(4, min(20, s.n_trials // 4))}),
-    "gp": SamplerEntry(_gp, lambda s: {"n_startup_trials": _startup_trials(s)}),
+    # conditional parameters fall outside the GP's joint space and are sampled independently, by design
+    "gp": SamplerEntry(_gp, lambda s: {"n_startup_trials": _startup_trials(s), "warn_independent_sampling": False}),
     "random": SamplerEntry(_random, lambda s: {}),
 }
 

@@ -172,6 +172,11 @@ def _search_problems(space: SearchSpace) -> tuple[list[tuple[tuple[Any, ...], st
         )
     for name, reason in missing_baselines(space).items():
         warnings.append(f"no {name} baseline: {reason}")
+    n_baselines = len(baseline_specs(space))
+    if n_baselines >= space.n_trials:
+        warnings.append(
+            f"n_trials={space.n_trials} is used up by the {n_baselines} baselines; raise n_trials to search anything"
+        )
     report = SpaceReport(
         space=space,
         baselines=[b.name for b in baseline_specs(space)],

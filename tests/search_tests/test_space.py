@@ -291,3 +291,8 @@ def test_missing_and_misspelt_sections_are_named(tmp_path):
     problems = problems_of(write(tmp_path, text))
     assert any(":1: budget: missing; add 'budget:'" in p for p in problems)
     assert any(":13: budgte: unknown key 'budgte'; did you mean 'budget'?" in p for p in problems)
+
+
+def test_too_few_trials_for_the_baselines_is_warned(tmp_path):
+    report = check_search_space(write(tmp_path, MINIMAL.replace("n_trials: 4", "n_trials: 2")))
+    assert any("n_trials=2 is used up by the 2 baselines" in w for w in report.warnings)

@@ -588,9 +588,10 @@ class EarlyStoppingSettings(FrozenConfig):
     Optuna does not prune multi-objective studies, so morsearch does: at each rung
     (a share of the training budget) a trial is stopped when its NLL is outside
     the best ``keep_fraction`` of the peers that reached the rung. Peers are
-    trials whose ``peer_metrics`` (cheap to measure before training) are within a
-    factor ``peer_ratio`` of its own, so a small fast model is never stopped for
-    losing to a big slow one.
+    trials whose ``peer_metrics`` (fixed by the configuration, so known before
+    training) are within a factor ``peer_ratio`` of its own, so a small fast model
+    is never stopped for losing to a big slow one. docs/EARLY_STOPPING.md
+    explains and measures the rule.
     """
 
     enabled: bool = Field(True, description="Stop hopeless trials early.")
@@ -601,7 +602,7 @@ class EarlyStoppingSettings(FrozenConfig):
     min_peers: int = Field(4, ge=1, description="Peers needed at a rung before any trial is stopped there.")
     peer_metrics: list[MetricName] = Field(
         default_factory=lambda: ["peak_memory", "decode_tokens_per_s"],
-        description="Metrics that define peers (measured before training).",
+        description="Metrics that define peers (estimated from the configuration before training).",
     )
     peer_ratio: float = Field(2.0, ge=1, description="Peers are within this factor on every peer metric.")
 

@@ -114,8 +114,12 @@ def _probe(space: SearchSpace) -> _Probe:
     """Draw random configurations: invalid ones and capped ones with their reasons, training steps."""
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(directions=space.directions, sampler=optuna.samplers.RandomSampler(seed=0))
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "study created" line for a throwaway study
+    try:
+        study = optuna.create_study(directions=space.directions, sampler=optuna.samplers.RandomSampler(seed=0))
+    finally:
+        optuna.logging.set_verbosity(verbosity)
     probe = _Probe()
     for _ in range(PROBE_SAMPLES):
         trial = study.ask()

@@ -11,7 +11,7 @@ the refresh polls.
     GET  /static/plotly.js      plotly.js from the plotly package (no CDN)
     GET  /static/app.js         the page's script
     GET  /api/studies           {"studies": [...]}
-    GET  /api/state?study=S     {"version", "counts", "failed": [...], "running": [...]} (polled)
+    GET  /api/state?study=S     {"version", "counts", "failed": [the last 50]} (polled every 3 s)
     GET  /api/front?study=S&view=0-1|3d&bound.<objective>=lo,hi&choice.<param>=v&range.<param>=lo,hi
                                 the Pareto figure of the filtered trials, filter options, counts
     GET  /api/trial?study=S&number=N   details of one trial with its curve/routing/phase figures
@@ -27,6 +27,7 @@ JSON and are inserted with ``textContent``, never as HTML.
 from __future__ import annotations
 
 import json
+import shlex
 import threading
 import time
 from collections import Counter, OrderedDict
@@ -165,7 +166,6 @@ class DashboardApp:
             "version": self._version(trials),
             "counts": dict(counts),
             "failed": [{"trial": t.number, "reason": t.failure_reason} for t in trials if t.state == "FAIL"][-50:],
-            "running": [t.number for t in trials if t.state == "RUNNING"][-50:],
         }
 
     def front(self, study: str, view_name: str, query: dict[str, list[str]]) -> bytes:
@@ -245,7 +245,11 @@ class DashboardApp:
 
     def export(self, study: str, number: int) -> dict[str, Any]:
         path = export_to_folder(self.view(study), number, self.export_dir)
-        return {"path": str(path), "train_command": f"morsearch train {path}", "content": path.read_text()}
+        return {
+            "path": str(path),
+            "train_command": f"morsearch train {shlex.quote(str(path))}",
+            "content": path.read_text(),
+        }
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -665,7 +669,10 @@ $('export').onclick = function () {
   }).catch(function (e) { showError(e.message); });
 };
 $('study').onchange = function () { selectStudy($('study').value); };
-setInterval(function () { if ($('live').checked && S.study) loadState(); }, 3000);
+setInterval(function () {
+  if (!$('live').checked) return;
+  if (S.study) loadState(); else loadFront().then(loadState);  // no study yet: wait for the first
+}, 3000);
 
 // The front is requested at once (the server picks the first study); the list fills the selector.
 loadFront().then(loadState);

@@ -32,7 +32,10 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 def open_storage(
     url: str, *, heartbeat_interval: int = HEARTBEAT_S, grace_period: int = GRACE_S, max_retry: int = MAX_RETRY
 ) -> tuple[optuna.storages.RDBStorage, Engine]:
-    """Optuna's storage and morsearch's engine of one database, both schemas ensured.
+    """Optuna's storage of one database and the engine morsearch uses on it, both schemas ensured.
+
+    morsearch's records and locks go through Optuna's own engine, so a worker holds
+    one connection pool, not two (PostgreSQL allows ~100 connections in all).
 
     Args:
         url: A resolved SQLAlchemy URL (``morsearch.store.resolve_url``).
@@ -60,7 +63,9 @@ def open_storage(
             )
     except (RuntimeError, ValueError) as err:  # optuna's schema-version complaints
         raise StorageError(f"storage {store.redact(url)}: {err}") from None
-    return storage, engine
+    engine.dispose()  # only needed for the schema; its pooled connection would sit idle
+    store.engine.configure_engine(storage.engine)
+    return storage, storage.engine
 
 
 def create_study(

@@ -29,6 +29,7 @@ import re
 import signal
 import socket
 import threading
+import time
 import traceback
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -228,9 +229,12 @@ class Worker:
 
     def run(self) -> WorkerSummary:
         """Run trials until the study has ``n_trials``, a stop is requested, or nothing is left."""
+        next_sweep = 0.0
         while not self.stop.event.is_set():
-            with _quiet():
-                optuna.storages.fail_stale_trials(self.study)
+            if time.monotonic() >= next_sweep:  # a stale trial is found within a heartbeat anyway
+                with _quiet():
+                    optuna.storages.fail_stale_trials(self.study)
+                next_sweep = time.monotonic() + (self.storage.get_heartbeat_interval() or 10)
             claim = self._claim()
             if claim is None:
                 return self.summary

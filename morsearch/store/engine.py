@@ -116,8 +116,9 @@ def engine_kwargs(url: str) -> dict:
     """Engine options that also go to Optuna's ``RDBStorage(engine_kwargs=...)``."""
     if is_sqlite(url):
         return {"connect_args": {"timeout": SQLITE_TIMEOUT_S}}
-    # Small pools: a worker needs one connection at a time and PostgreSQL allows ~100 in all.
-    return {"pool_size": 2, "max_overflow": 4, "pool_pre_ping": True, "pool_recycle": 1800}
+    # One idle connection per worker: PostgreSQL allows ~100 in all. The claim lock and the
+    # heartbeat thread briefly need a second one (overflow, closed after use).
+    return {"pool_size": 1, "max_overflow": 4, "pool_pre_ping": True, "pool_recycle": 1800}
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
@@ -128,6 +129,12 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     # WAL + NORMAL is durable against process crashes (only an OS crash can lose the last commit).
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
+
+
+def configure_engine(engine: Engine) -> None:
+    """Give an engine built elsewhere (Optuna's) the SQLite settings morsearch relies on."""
+    if engine.url.get_backend_name() == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
 
 
 def get_engine(url: str) -> Engine:
@@ -147,8 +154,7 @@ def get_engine(url: str) -> Engine:
             except OSError as err:
                 raise StorageError(f"cannot create the folder of {path}: {err}") from None
         engine = sa.create_engine(url, **engine_kwargs(url))
-        if is_sqlite(url):
-            event.listen(engine, "connect", _sqlite_pragmas)
+        configure_engine(engine)
         try:
             with engine.connect():
                 pass

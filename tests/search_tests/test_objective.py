@@ -57,7 +57,8 @@ def test_a_trial_trains_measures_and_records(tiny) -> None:
     enqueue_baselines(study, space)
     Worker(study, rdb, engine, SearchObjective(space, study, engine), 1).run()
     trial = study.trials[0]
-    assert trial.state == TrialState.COMPLETE and trial.user_attrs["baseline"] == "vanilla"
+    assert trial.state == TrialState.COMPLETE, trial.user_attrs.get("failure_detail")
+    assert trial.user_attrs["baseline"] == "vanilla"
     record = store.read_trial(engine, "tiny", 0)
     assert record.state == "complete" and record.trial_number == 0
     # Values are the space's objectives, read from the record's metrics in the same order.

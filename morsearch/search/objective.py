@@ -103,6 +103,8 @@ class SearchObjective:
         device: Training device (None: the GPU when there is one).
         early_stopping: Override the space's ``early_stopping.enabled``.
         reuse: Reuse stored results of identical configurations.
+        prefilter: Reject configurations that analytically break a cap before training
+            (off only to measure what pre-filtering saves).
         train: ``run_proxy`` (replaceable for benchmarks that simulate training).
         measure: ``measure`` (same).
     """
@@ -117,6 +119,7 @@ class SearchObjective:
         device: str | None = None,
         early_stopping: bool | None = None,
         reuse: bool = True,
+        prefilter: bool = True,
         train: Callable[..., ProxyResult] | None = None,
         measure: Callable[..., Measurement] | None = None,
     ) -> None:
@@ -129,7 +132,7 @@ class SearchObjective:
         self.stop = stop or GracefulStop()
         self.device = device
         self.early_stopping = space.early_stopping.enabled if early_stopping is None else early_stopping
-        self.reuse = reuse
+        self.reuse, self.prefilter = reuse, prefilter
         self.train, self.measure = train, measure
         self._hardware: dict[str, Any] | None = None
 
@@ -145,7 +148,7 @@ class SearchObjective:
         trial.set_user_attr("model_config", base["model_config"])
         trial.set_user_attr("config_hash", key)
 
-        broken = violates_caps(spec, self.space)
+        broken = violates_caps(spec, self.space) if self.prefilter else []
         if broken:
             detail = "; ".join(broken)
             return Outcome(

@@ -1,0 +1,184 @@
+"""Hypervolume against trials and against device seconds: samplers, early stopping, pre-filtering.
+
+Every run is a real search (proxy training + measurement) on one space, one worker,
+a fresh store. The runs of one invocation, per space and seed:
+
+    stock        Optuna 5 as it comes: TPESampler(), no early stopping, no pre-filtering,
+                 no reuse, no baselines (what a user gets without morsearch)
+    <sampler>    morsearch with that sampler (tpe, nsga2, gp, random): early stopping,
+                 pre-filtering, reuse and baselines on
+    <default>-no-es  the space's own sampler with early stopping off (what early stopping
+                 saves, and whether the final front is worse)
+
+For each run the hypervolume (the space's reference point, feasible completed
+trials) is recorded after every trial, against the trial count and against the
+device seconds spent so far (a reused or rejected trial costs none).
+
+Target (issue 6): morsearch's default (the space's sampler with early stopping,
+pre-filtering and reuse) reaches 90 % of the best final hypervolume seen in any run
+in at most half the device seconds stock Optuna needs (medians over seeds).
+
+Run: ``python -m benchmarks.sampler_efficiency`` (quickstart space, 3 seeds; add
+``--spaces quickstart paper`` on a GPU), or ``--quick`` (a shrunken quickstart, 1 seed,
+stock vs tpe vs random: a few minutes on a CPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import yaml
+
+from benchmarks.common import target, write_result
+from morsearch import store
+from morsearch.config.space import SearchSpace
+from morsearch.search.distributions import enqueue_baselines
+from morsearch.search.launch import feasible, hypervolume, pareto_front, reference_point
+from morsearch.search.objective import SearchObjective
+from morsearch.search.samplers import SAMPLERS, make_sampler
+from morsearch.search.space import load_search_space
+from morsearch.search.study import create_study, open_storage
+from morsearch.search.worker import Worker
+
+SPACES = Path(__file__).parents[1] / "search_spaces"
+
+
+def quick_space_file(folder: Path, n_trials: int) -> Path:
+    """The quickstart space shrunk to a few seconds per trial on a CPU."""
+    data = yaml.safe_load((SPACES / "quickstart.yaml").read_text())
+    data["n_trials"] = n_trials
+    data["model"].update({"max_seq_len": 32, "params_unique": {"low": "15k", "high": "30k", "log": True}})
+    data["model"]["head_dim"] = 8
+    data["model"]["num_layers"] = [2, 4]
+    data["budget"].update({"value": 1.5e8, "batch_size": 2, "seq_len": 32})
+    data["data"]["builtin_tokens"] = 20000
+    data["target"].update({"repeats": 1, "warmup": 0, "new_tokens": 4, "prompt_len": 8})
+    data["reference_point"] = {"val_nll": 5.6, "peak_memory": "64MiB", "decode_tokens_per_s": 1}
+    data["constraints"] = ["params_unique <= 25k"]
+    data["early_stopping"]["min_peers"] = 2
+    path = folder / "quick.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def run_search(space: SearchSpace, run: str, seed: int, folder: Path, n_trials: int) -> dict[str, Any]:
+    """One search; returns its per-trial history."""
+    stock = run == "stock"
+    no_es = run.endswith("-no-es")
+    sampler_name = space.sampler.name if stock or no_es else run
+    varied = space.replace(seed=seed, sampler={"name": sampler_name, "options": space.sampler.options})
+    sampler = optuna.samplers.TPESampler(seed=seed) if stock else make_sampler(varied)
+    url = f"sqlite:///{folder / f'{space.study_name}-{run}-{seed}.db'}"
+    rdb, engine = open_storage(url)
+    study, _ = create_study(rdb, engine, space.study_name, space.directions, space.objective_names, sampler)
+    if not stock:
+        enqueue_baselines(study, varied)
+    objective = SearchObjective(
+        varied, study, engine, early_stopping=not (stock or no_es), reuse=not stock, prefilter=not stock
+    )
+    started = time.perf_counter()
+    Worker(study, rdb, engine, objective, n_trials).run()
+    wall = time.perf_counter() - started
+    history = []
+    seconds = 0.0
+    reference = reference_point(space)
+    directions = space.directions
+    trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.datetime_complete or t.datetime_start)
+    for i, trial in enumerate(trials):
+        seconds += float(trial.user_attrs.get("gpu_seconds", 0.0))
+        front = pareto_front(trials[: i + 1], directions)
+        history.append(
+            {
+                "trial": i + 1,
+                "device_seconds": seconds,
+                "hypervolume": hypervolume([t.values for t in front], directions, reference) if reference else None,
+                "state": trial.state.name,
+                "feasible": feasible(trial),
+                "reused": "reused_from" in trial.user_attrs,
+                "rejected": bool(trial.user_attrs.get("prefiltered")),
+            }
+        )
+    rdb.engine.dispose()
+    store.dispose_engines()
+    return {"run": run, "seed": seed, "wall_seconds": wall, "history": history}
+
+
+def seconds_to_reach(history: list[dict[str, Any]], level: float) -> float:
+    """Device seconds at which the hypervolume first reaches ``level`` (inf if never)."""
+    for point in history:
+        if point["hypervolume"] is not None and point["hypervolume"] >= level:
+            return point["device_seconds"]
+    return math.inf
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="Shrunken quickstart, 1 seed, stock/tpe/random (CPU).")
+    parser.add_argument("--spaces", nargs="*", default=None, help="Spaces in search_spaces/ (default quickstart).")
+    parser.add_argument("--seeds", type=int, default=None, help="Seeds per run (default 3).")
+    parser.add_argument("--trials", type=int, default=None, help="Trials per run (default: the space's n_trials).")
+    parser.add_argument("--samplers", nargs="*", default=None, help=f"morsearch samplers (default {list(SAMPLERS)}).")
+    parser.add_argument("--out", type=Path, default=None, help="Result JSON (default benchmarks/results/).")
+    args = parser.parse_args()
+    seeds = list(range(args.seeds or (1 if args.quick else 3)))
+    samplers = args.samplers or (["tpe", "random"] if args.quick else list(SAMPLERS))
+    raw: dict[str, Any] = {"spaces": {}, "seeds": seeds, "samplers": samplers}
+    targets = []
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        paths = [quick_space_file(folder, args.trials or 6)] if args.quick else [
+            SPACES / f"{name}.yaml" for name in (args.spaces or ["quickstart"])
+        ]
+        for path in paths:
+            space = load_search_space(path)
+            n_trials = args.trials or space.n_trials
+            runs = ["stock", *samplers, f"{space.sampler.name}-no-es"]
+            results = []
+            for seed in seeds:
+                for run in runs:
+                    result = run_search(space, run, seed, folder, n_trials)
+                    last = result["history"][-1] if result["history"] else {}
+                    print(
+                        f"{space.study_name:12s} seed {seed} {run:12s} HV {last.get('hypervolume') or 0:.4g} "
+                        f"after {last.get('device_seconds', 0):.0f} device-s ({result['wall_seconds']:.0f} s wall)",
+                        flush=True,
+                    )
+                    results.append(result)
+            best = max((r["history"][-1]["hypervolume"] or 0.0) for r in results if r["history"])
+            level = 0.9 * best
+            summary = {}
+            for run in runs:
+                mine = [r for r in results if r["run"] == run]
+                summary[run] = {
+                    "final_hypervolume_median": float(np.median([r["history"][-1]["hypervolume"] or 0 for r in mine])),
+                    "device_seconds_median": float(np.median([r["history"][-1]["device_seconds"] for r in mine])),
+                    "seconds_to_90pct_median": float(np.median([seconds_to_reach(r["history"], level) for r in mine])),
+                }
+            raw["spaces"][space.study_name] = {"best_final_hypervolume": best, "summary": summary, "runs": results}
+            default, stock = summary[space.sampler.name], summary["stock"]
+            ratio = default["seconds_to_90pct_median"] / stock["seconds_to_90pct_median"]
+            if math.isnan(ratio):  # both never reached it
+                ratio = math.inf
+            targets.append(
+                target(
+                    f"{space.study_name}: morsearch default / stock Optuna device seconds to 90 % of best HV",
+                    ratio,
+                    0.5,
+                    higher_is_better=False,
+                )
+            )
+            for run, numbers in summary.items():
+                print(f"  {run:12s} {numbers}")
+    path = write_result("sampler_efficiency" + ("_quick" if args.quick else ""), raw, targets, args.out)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -133,9 +133,11 @@ def main() -> None:
     targets = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        paths = [quick_space_file(folder, args.trials or 6)] if args.quick else [
-            SPACES / f"{name}.yaml" for name in (args.spaces or ["quickstart"])
-        ]
+        paths = (
+            [quick_space_file(folder, args.trials or 6)]
+            if args.quick
+            else [SPACES / f"{name}.yaml" for name in (args.spaces or ["quickstart"])]
+        )
         for path in paths:
             space = load_search_space(path)
             n_trials = args.trials or space.n_trials

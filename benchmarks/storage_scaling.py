@@ -195,7 +195,13 @@ def main() -> None:
         targets.append(
             target(f"{backend}: p99 trial cycle at {top['workers']} workers (ms)", top["p99_ms"], 1000.0, False)
         )
-    raw = {"runs": runs, "cpu_count": os.cpu_count(), "load_average_after": os.getloadavg(), "real_trial_seconds": REAL_TRIAL_SECONDS, "quick": args.quick}
+    raw = {
+        "runs": runs,
+        "cpu_count": os.cpu_count(),
+        "load_average_after": os.getloadavg(),
+        "real_trial_seconds": REAL_TRIAL_SECONDS,
+        "quick": args.quick,
+    }
     path = write_result("storage_scaling" + ("_quick" if args.quick else ""), raw, targets, args.out)
     print(f"wrote {path}")
 

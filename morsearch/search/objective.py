@@ -256,9 +256,7 @@ class SearchObjective:
         metrics = metric_values(spec, result, measurement)
         constraints = self._set_constraints(trial, metrics)
         record.update(objectives=metrics, constraints=constraints, measurement=measurement.to_dict())
-        return Outcome(
-            TrialState.COMPLETE, self._values(metrics), store.TrialRecord(**record, state="complete"), attrs
-        )
+        return Outcome(TrialState.COMPLETE, self._values(metrics), store.TrialRecord(**record, state="complete"), attrs)
 
     def _reused(self, trial: optuna.Trial, base: dict[str, Any], cached: store.TrialRecord) -> Outcome:
         constraints = self._set_constraints(trial, cached.objectives or {})

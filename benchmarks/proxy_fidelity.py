@@ -118,7 +118,7 @@ def main() -> None:
     parser.add_argument("--proxy-flops", type=float, default=None, help="proxy budget P (training FLOPs)")
     parser.add_argument("--factor", type=float, default=10.0, help="reference budget = factor x P")
     parser.add_argument(
-        "--multipliers", type=float, nargs="*", default=[1.0, 3.0], help="proxies at m x P (1 is always run)"
+        "--multipliers", type=float, nargs="*", default=None, help="proxies at m x P (default 1 3; --quick: 1)"
     )
     parser.add_argument("--out", type=Path, default=None, help="with --quick: write the CPU result here")
     parser.add_argument("--jobs", type=int, default=None, help="runs at once (default: 4 on GPU, 2 on CPU)")
@@ -133,7 +133,7 @@ def main() -> None:
     if args.proxy_flops:
         base["value"] = args.proxy_flops
     names = QUICK_CONFIGS if args.quick and not args.all_configs else list(CONFIGS)
-    multipliers = sorted({1.0, *args.multipliers})
+    multipliers = sorted({1.0, *(args.multipliers or ([] if args.quick else [3.0]))})
     budgets = {"reference": base["value"] * args.factor} | {f"proxy_x{m:g}": base["value"] * m for m in multipliers}
     # enough generated text that even the reference run sees each token only a few times
     builtin_tokens = 200_000 if args.quick else 20_000_000

@@ -215,7 +215,10 @@ class DashboardApp:
             "study": view.name,
             "version": version,
             "objectives": [
-                {"name": n, "direction": d} for n, d in zip(view.objective_names, view.directions, strict=True)
+                {"name": n, "direction": d, "unit": u}
+                for n, d, u in zip(
+                    view.objective_names, view.directions, info.objective_units(view.objective_names), strict=True
+                )
             ],
             "views": [f"{i}-{j}" for i, j in pairs] + (["3d"] if len(view.objective_names) >= 3 else []),
             "shown": len(pareto.numbers),
@@ -549,7 +552,8 @@ function buildFilters(meta) {
   var bounds = $('bounds'), choices = $('choices');
   bounds.textContent = ''; choices.textContent = '';
   meta.objectives.forEach(function (o) {
-    var hint = o.direction === 'minimize' ? ' (lower is better)' : ' (higher is better)';
+    var better = o.direction === 'minimize' ? ' (lower is better)' : ' (higher is better)';
+    var hint = (o.unit ? ' [' + o.unit + ']' : '') + better;
     bounds.appendChild(rangeBox('bounds', o.name, o.name + hint, meta.options.objectives[o.name]));
   });
   Object.keys(meta.options.choices).forEach(function (name) {

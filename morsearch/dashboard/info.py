@@ -198,7 +198,7 @@ def pareto_info(
 
 
 def filter_options(
-    trials: Sequence[TrialRecord], objective_names: Sequence[str], *, max_levels: int = 16
+    trials: Sequence[TrialRecord], objective_names: Sequence[str], *, max_levels: int = 8
 ) -> dict[str, Any]:
     """What the filter panel offers: each objective's range, each choice's levels or numeric range.
 

@@ -162,7 +162,7 @@ def test_filter_ranges_and_options():
     trials.append(record(30, (0.5, 1.0, 1.0), {"router": "ec"}))  # a trial without the numeric choice
     where = info.TrialFilter(ranges={"width": (50, 100)})
     assert info.pareto_info(trials, NAMES, DIRS, where).numbers == [5, 6, 7, 8, 9, 10]
-    options = info.filter_options(trials, NAMES, max_levels=16)
+    options = info.filter_options(trials, NAMES)
     assert options["choices"] == {"router": ["ec", "none"]}
     assert options["ranges"] == {"width": [0.0, 290.0]}
     assert options["objectives"]["nll"] == [0.0, 29.0]

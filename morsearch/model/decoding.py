@@ -44,7 +44,7 @@ from morsearch.config import ModelConfig
 from morsearch.model.kv_cache import CacheSlot, KVCache, shared_source, writes_own_kv
 from morsearch.model.layers import TransformerLayer, apply_rope
 from morsearch.model.mor import MoRModel
-from morsearch.model.sharing import Application
+from morsearch.model.sharing import Application, layer_schedule
 
 
 @dataclass
@@ -194,18 +194,62 @@ DECODE_RULES: dict[str, type[DecodeRule]] = {
 # --- a KV cache addressed by batch row ---------------------------------------------------------
 
 
-class RowSlot:
-    """K/V of one layer application; rows are appended to one at a time, each at its own length.
+class Lengths:
+    """Entries per batch row, on the host (shapes without a device sync) and on the device.
 
-    Lengths are known on the host, so shapes never need a device sync. Storage grows
-    in chunks (as ``CacheSlot``), so the bytes held follow the tokens really cached.
+    Slots written by the same tokens (every layer of one recursion step) share one
+    ``Lengths``, so the write positions and masks of a call are computed once for all.
     """
 
-    def __init__(self, slot: CacheSlot, chunk_tokens: int, device: torch.device) -> None:
-        self.keys, self.values = slot.keys, slot.values  # (B, G, capacity, E), adopted without a copy
-        lengths = slot.lengths if slot.lengths is not None else torch.zeros(slot.batch_size, dtype=torch.long)
-        self.lengths = lengths.tolist()  # host copy: entries per row
-        self.lengths_dev = lengths.to(device)
+    def __init__(self, lengths: torch.Tensor, device: torch.device) -> None:
+        self.host: list[int] = lengths.tolist()
+        self.device = lengths.to(device)
+
+
+@dataclass
+class Plan:
+    """Where one group of rows writes and what it reads in the slots of one ``Lengths``."""
+
+    rows: torch.Tensor  # (n,) batch rows of the group
+    cols: torch.Tensor | None  # (n,) entry each row writes (None: the group only reads)
+    used: int  # entries read per row (the longest row)
+    mask: torch.Tensor | None  # (n or B, 1, 1, used) valid entries; None: all valid
+    dense: bool  # read every row of the slot in place, the caller picks its rows
+
+
+def plan(lengths: Lengths, rows: list[int], rows_dev: torch.Tensor, writes: bool) -> Plan:
+    """Advance ``lengths`` by one entry for ``rows`` if they write, and describe the read.
+
+    Gathering a subset of rows copies their K/V, which costs about twice what
+    attention reads; over a third of the rows, reading all rows in place is cheaper.
+    """
+    cols = None
+    if writes:
+        cols = lengths.device[rows_dev]
+        lengths.device[rows_dev] = cols + 1
+        for r in rows:
+            lengths.host[r] += 1
+    B = len(lengths.host)
+    dense = 3 * len(rows) >= B
+    read = lengths.host if dense else [lengths.host[r] for r in rows]
+    used = max(read)
+    if all(length == used for length in read):
+        return Plan(rows_dev, cols, used, None, dense)
+    valid = lengths.device if dense else lengths.device[rows_dev]
+    mask = torch.arange(used, device=valid.device) < valid.unsqueeze(1)  # (n or B, used)
+    return Plan(rows_dev, cols, used, mask.view(-1, 1, 1, used), dense)
+
+
+class RowSlot:
+    """K/V of one layer application (B, G, capacity, E), rows appended each at its own length.
+
+    Storage grows in chunks (as ``CacheSlot``), so the bytes held follow the tokens
+    really cached.
+    """
+
+    def __init__(self, slot: CacheSlot, lengths: Lengths, chunk_tokens: int) -> None:
+        self.keys, self.values = slot.keys, slot.values  # adopted from the prefill's cache, no copy
+        self.lengths = lengths
         self.shape = (slot.batch_size, slot.kv_heads, slot.head_dim)
         self.chunk_tokens = chunk_tokens
 
@@ -221,41 +265,20 @@ class RowSlot:
             values[:, :, :capacity] = self.values
         self.keys, self.values = keys, values
 
-    def append(self, rows: list[int], rows_dev: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
-        """Write k, v (n, G, E) after each row's last entry."""
-        self._reserve(max(self.lengths[r] for r in rows) + 1, k)
-        assert self.keys is not None and self.values is not None
-        cols = self.lengths_dev[rows_dev]
-        self.keys[rows_dev, :, cols] = k
-        self.values[rows_dev, :, cols] = v
-        self.lengths_dev[rows_dev] = cols + 1
-        for r in rows:
-            self.lengths[r] += 1
+    def write(self, plan: Plan, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Store k, v (n, G, E) at the plan's entries."""
+        self._reserve(max(self.lengths.host), k)
+        assert self.keys is not None and self.values is not None and plan.cols is not None
+        self.keys[plan.rows, :, plan.cols] = k
+        self.values[plan.rows, :, plan.cols] = v
 
-    def read(
-        self, rows: list[int], rows_dev: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, bool]:
-        """Keys, values (n, G, S, E) for ``rows`` (sorted), their mask (n, 1, 1, S) or None,
-        and whether they cover every row of the slot instead (``dense``).
-
-        Gathering a subset of rows copies their K/V, which costs about twice what
-        attention reads; when the subset is over a third of the rows, reading all of
-        them in place is cheaper, and the caller picks its rows out of the result.
-        """
+    def read(self, plan: Plan) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys, values (n or B, G, used, E) as the plan says."""
         assert self.keys is not None and self.values is not None
-        B = self.shape[0]
-        dense = 3 * len(rows) >= B
-        used = max(self.lengths) if dense else max(self.lengths[r] for r in rows)
-        if dense:
-            keys, values, lengths = self.keys[:, :, :used], self.values[:, :, :used], self.lengths_dev
-            uniform = all(length == used for length in self.lengths)
-        else:
-            keys, values = self.keys[rows_dev, :, :used], self.values[rows_dev, :, :used]
-            lengths, uniform = self.lengths_dev[rows_dev], all(self.lengths[r] == used for r in rows)
-        if uniform:
-            return keys, values, None, dense
-        mask = torch.arange(used, device=keys.device) < lengths.unsqueeze(1)  # (n or B, S)
-        return keys, values, mask.view(mask.shape[0], 1, 1, used), dense
+        keys, values = self.keys[:, :, : plan.used], self.values[:, :, : plan.used]
+        if plan.dense or plan.rows.shape[0] == self.shape[0]:
+            return keys, values
+        return keys[plan.rows], values[plan.rows]
 
     def allocated_bytes(self) -> int:
         if self.keys is None or self.values is None:
@@ -268,7 +291,19 @@ class RowCache:
 
     def __init__(self, cfg: ModelConfig, cache: KVCache, device: torch.device, chunk_tokens: int = 256) -> None:
         self.cfg = cfg
-        self.slots = {app: RowSlot(slot, chunk_tokens, device) for app, slot in cache.slots.items()}
+        # Slots written in the same call by the same rows (the pre-block layers; the
+        # post-block ones; the layers of one recursion step) share one Lengths when
+        # the prefill left them equal, so a call plans their writes and masks once.
+        schedule = layer_schedule(cfg)
+        phases = {app: "pre" for app in schedule.pre_block} | {app: "post" for app in schedule.post_block}
+        shared: dict[tuple[object, ...], Lengths] = {}
+        self.slots = {}
+        for app, slot in cache.slots.items():
+            lengths = slot.lengths if slot.lengths is not None else torch.zeros(slot.batch_size, dtype=torch.long)
+            family = (phases.get(app, app[1]), *lengths.tolist())
+            if family not in shared:
+                shared[family] = Lengths(lengths, device)
+            self.slots[app] = RowSlot(slot, shared[family], chunk_tokens)
 
     def slots_for(self, application: Application) -> tuple[RowSlot | None, RowSlot]:
         """(slot to write or None, slot to read), as ``KVCache.slots_for``."""
@@ -282,7 +317,7 @@ class RowCache:
 
 @dataclass
 class _Group:
-    """Rows [start, stop) of a call that run the same layer application."""
+    """Rows [start, stop) of a call that run the same recursion step."""
 
     start: int
     stop: int
@@ -302,42 +337,54 @@ class RowDecoder:
     def __init__(self, model: MoRModel) -> None:
         self.model, self.cfg, self.schedule = model, model.cfg, model.schedule
 
+    def _plans(self, layer_index: int, groups: list[_Group], rows_dev: torch.Tensor, plans: dict) -> list[Plan]:
+        """The plan of each group at this layer; computed once per ``Lengths``, group and call."""
+        found = []
+        for g in groups:
+            write, read = self.cache.slots_for((layer_index, g.step))
+            key = (id(read.lengths), g.start)
+            if key not in plans:
+                plans[key] = plan(read.lengths, g.rows, rows_dev[g.start : g.stop], write is not None)
+            found.append(plans[key])
+        return found
+
     def _layer(
         self,
-        layer: TransformerLayer,
         layer_index: int,
         x: torch.Tensor,
         groups: list[_Group],
         rows_dev: torch.Tensor,
         rope: tuple[torch.Tensor, torch.Tensor],
+        plans: dict,
     ) -> torch.Tensor:
-        """``layer`` on x (n, 1, D): projections and MLP over all rows, attention per group."""
+        """Layer ``layer_index`` on x (n, 1, D): projections and MLP over all rows, attention per group."""
+        layer: TransformerLayer = self.model.layers[layer_index]
         attn, n = layer.attn, x.shape[0]
         H, G, E = attn.num_heads, attn.num_kv_heads, attn.head_dim
         a = layer.attn_norm(x)
         q = apply_rope(attn.q_proj(a).view(n, 1, H, E).transpose(1, 2), *rope)  # (n, H, 1, E)
         slots = [self.cache.slots_for((layer_index, g.step)) for g in groups]
+        group_plans = self._plans(layer_index, groups, rows_dev, plans)
         # Rows are sorted by step, so the rows that project K/V (all, or step 0 under
         # recursive sharing) are a leading slice: one k/v projection for all of them.
         writers = sum(g.stop - g.start for g, (write, _) in zip(groups, slots, strict=True) if write is not None)
         if writers:
             cos, sin = rope[0][:writers], rope[1][:writers]
-            k = apply_rope(attn.k_proj(a[:writers]).view(writers, 1, G, E).transpose(1, 2), cos, sin)
-            v = attn.v_proj(a[:writers]).view(writers, G, E)
-            k = k[:, :, 0]  # (w, G, E)
+            k = apply_rope(attn.k_proj(a[:writers]).view(writers, 1, G, E).transpose(1, 2), cos, sin)[:, :, 0]
+            v = attn.v_proj(a[:writers]).view(writers, G, E)  # k, v: (w, G, E)
         outs = []
-        for g, (write, read) in zip(groups, slots, strict=True):
-            rows = rows_dev[g.start : g.stop]
+        for g, (write, read), p in zip(groups, slots, group_plans, strict=True):
             if write is not None:
                 assert g.stop <= writers
-                write.append(g.rows, rows, k[g.start : g.stop], v[g.start : g.stop])
-            keys, values, mask, dense = read.read(g.rows, rows)
+                write.write(p, k[g.start : g.stop], v[g.start : g.stop])
+            keys, values = read.read(p)
             q_g = q[g.start : g.stop]
-            if dense and len(g.rows) < keys.shape[0]:  # queries of the other rows are zeros, outputs dropped
-                q_g = q.new_zeros(keys.shape[0], H, 1, E).index_copy_(0, rows, q_g)
-                outs.append(F.scaled_dot_product_attention(q_g, keys, values, attn_mask=mask, enable_gqa=H != G)[rows])
+            if p.dense and len(g.rows) < keys.shape[0]:  # queries of the other rows are zeros, outputs dropped
+                q_g = q.new_zeros(keys.shape[0], H, 1, E).index_copy_(0, p.rows, q_g)
+                out = F.scaled_dot_product_attention(q_g, keys, values, attn_mask=p.mask, enable_gqa=H != G)
+                outs.append(out[p.rows])
             else:
-                outs.append(F.scaled_dot_product_attention(q_g, keys, values, attn_mask=mask, enable_gqa=H != G))
+                outs.append(F.scaled_dot_product_attention(q_g, keys, values, attn_mask=p.mask, enable_gqa=H != G))
         out = outs[0] if len(outs) == 1 else torch.cat(outs)  # (n, H, 1, E)
         x = x + attn.o_proj(out.transpose(1, 2).reshape(n, 1, H * E))
         return x + layer.mlp(layer.mlp_norm(x))
@@ -347,9 +394,9 @@ class RowDecoder:
     ) -> torch.Tensor:
         """Pre- or post-block layers: every row of the call runs each of them."""
         rope = self.model.rope(self.positions[rows_dev].unsqueeze(1))
+        plans: dict = {}
         for layer_index, step in applications:
-            group = _Group(0, len(rows), step, rows)
-            x = self._layer(self.model.layers[layer_index], layer_index, x, [group], rows_dev, rope)
+            x = self._layer(layer_index, x, [_Group(0, len(rows), step, rows)], rows_dev, rope, plans)
         return x
 
     def _emit(self, rows: list[int], logits: torch.Tensor) -> None:
@@ -416,9 +463,9 @@ class RowDecoder:
         self.block_calls += 1
         h_in = self.state[rows_dev]  # (n, 1, D)
         rope = model.rope(self.positions[rows_dev].unsqueeze(1))
-        out = h_in
+        out, plans = h_in, {}
         for layer_index in self.schedule.block:
-            out = self._layer(model.layers[layer_index], layer_index, out, groups, rows_dev, rope)
+            out = self._layer(layer_index, out, groups, rows_dev, rope, plans)
         h = self.rule.merge(rows_dev, steps_dev, h_in, out)
         self.state[rows_dev] = h
         decisions, stopped = [], []

@@ -117,6 +117,7 @@ def _read_only_storage(url: str) -> optuna.storages.RDBStorage:
         raise StorageError(
             f"'{url}' is not a storage URL; use e.g. sqlite:///trials/study.db or postgresql+psycopg://user@host/db"
         ) from None
+    shown = store.redact(url)  # what the user typed, password hidden; the URL below may be rewritten
     engine_kwargs: dict[str, Any] = {}
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database or ""
@@ -132,7 +133,6 @@ def _read_only_storage(url: str) -> optuna.storages.RDBStorage:
         # every transaction read-only, server-enforced; keep options the URL already sets (search_path)
         options = " ".join(filter(None, [parsed.query.get("options"), "-c default_transaction_read_only=on"]))
         engine_kwargs["connect_args"] = {"options": options}
-    shown = store.redact(url)
     try:
         engine = sqlalchemy.create_engine(url, **engine_kwargs)
         with engine.connect() as connection:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 
@@ -62,3 +63,17 @@ def test_report_of_empty_study_and_bad_store(tmp_path):
     with pytest.raises(StorageError, match="no such store file"):
         write_report(f"sqlite:///{tmp_path / 'missing.db'}", "x", tmp_path / "m.html")
     assert not (tmp_path / "m.html").exists()
+
+
+def test_report_of_a_real_quickstart_store(tmp_path):
+    import sqlite3
+
+    asset = Path(__file__).parent / "assets" / "quickstart.db"
+    if not asset.exists():
+        pytest.skip("no quickstart asset")
+    path = tmp_path / "qs.db"
+    with sqlite3.connect(asset) as source, sqlite3.connect(path) as copy:
+        source.backup(copy)
+    text = write_report(f"sqlite:///{path}", None, tmp_path / "qs.html").read_text()
+    assert "morsearch report: quickstart" in text and 'id="curves"' in text and 'id="routing"' in text
+    assert "peak_memory [bytes]" in text and "baseline: vanilla" in text

@@ -11,7 +11,7 @@ the refresh polls.
     GET  /static/plotly.js      plotly.js from the plotly package (no CDN)
     GET  /static/app.js         the page's script
     GET  /api/studies           {"studies": [...]}
-    GET  /api/state?study=S     {"version", "counts", "failed": [the last 50]} (polled every 3 s)
+    GET  /api/state?study=S     {"version", "counts", "failed": [the last 50 failed/pruned]} (polled)
     GET  /api/front?study=S&view=0-1|3d&bound.<objective>=lo,hi&choice.<param>=v&range.<param>=lo,hi
                                 the Pareto figure of the filtered trials, filter options, counts
     GET  /api/trial?study=S&number=N   details of one trial with its curve/routing/phase figures
@@ -165,7 +165,11 @@ class DashboardApp:
             "study": study,
             "version": self._version(trials),
             "counts": dict(counts),
-            "failed": [{"trial": t.number, "reason": t.failure_reason} for t in trials if t.state == "FAIL"][-50:],
+            "failed": [
+                {"trial": t.number, "reason": t.failure_reason or ("pruned" if t.state == "PRUNED" else None)}
+                for t in trials
+                if t.state in ("FAIL", "PRUNED")
+            ][-50:],
         }
 
     def front(self, study: str, view_name: str, query: dict[str, list[str]]) -> bytes:
@@ -458,7 +462,7 @@ ul.plain {list-style: none; padding: 0; margin: 0} ul.plain a {cursor: pointer; 
   <h2>Objectives</h2><div id="bounds"></div>
   <h2>Design choices</h2><div id="choices"></div>
   <button id="apply">Apply filters</button> <button id="reset">Reset</button>
-  <h2>Failed trials</h2><ul id="failed" class="plain"></ul>
+  <h2>Failed and pruned trials</h2><ul id="failed" class="plain"></ul>
 </aside>
 <main>
   <p id="error" class="error" role="alert"></p>

@@ -10,7 +10,8 @@ import urllib.request
 
 import pytest
 
-from morsearch.dashboard.app import _APP_JS, _PAGE, make_server
+from morsearch.dashboard.app import make_server
+from morsearch.dashboard.page import PAGE_HTML, PAGE_JS
 from morsearch.errors import StorageError
 
 
@@ -40,9 +41,9 @@ def test_page_loads_nothing_from_elsewhere(served):
     base, _ = served
     status, headers, body = _get(base)
     assert status == 200 and "default-src 'none'" in headers["Content-Security-Policy"]
-    for text in (_PAGE, _APP_JS):
+    for text in (PAGE_HTML, PAGE_JS):
         assert not re.search(r"https?://", text)
-    assert "innerHTML" not in _APP_JS  # data reach the page through textContent only
+    assert "innerHTML" not in PAGE_JS  # data reach the page through textContent only
     status, headers, body = _get(base + "static/plotly.js")
     assert status == 200 and len(body) > 3_000_000
 

@@ -45,8 +45,9 @@ def search(
 
     console = Console()
     progress = launch(space, workers=workers, gpus=_gpu_list(gpus), storage=storage, console=console)
+    name = progress.study_name
     console.print(f"[bold green]done[/]: {progress.complete} trials complete, Pareto front of {len(progress.front)}")
-    console.print("next: morsearch status --study NAME · morsearch report · morsearch export --study NAME --trial N")
+    console.print(f"next: morsearch status --study {name} · morsearch export --study {name} --trial N --out best.yaml")
 
 
 @app.command()

@@ -148,6 +148,7 @@ def run_study_worker(
 class StudyProgress:
     """Where a study stands (what ``morsearch search`` and ``morsearch status`` show)."""
 
+    study_name: str
     n_trials: int
     complete: int
     pruned: int
@@ -220,6 +221,7 @@ def study_progress(
     remaining = max(n_trials - done, 0)
     eta = float(np.mean(durations)) * math.ceil(remaining / max(workers, 1)) if durations and remaining else None
     return StudyProgress(
+        study_name=study.study_name,
         n_trials=n_trials,
         complete=by_state[TrialState.COMPLETE],
         pruned=by_state[TrialState.PRUNED],

@@ -19,6 +19,7 @@ from morsearch.search.study import create_study, open_storage
 from morsearch.search.worker import PREFILTERED_ATTR, TrialInterrupted, Worker
 
 QUICKSTART = Path(__file__).parents[2] / "search_spaces" / "quickstart.yaml"
+TINY_BUDGET = {"kind": "flops", "value": 8e7, "batch_size": 2, "seq_len": 32}
 
 
 def tiny_space_file(folder: Path, **changes) -> Path:
@@ -30,7 +31,7 @@ def tiny_space_file(folder: Path, **changes) -> Path:
         {"max_seq_len": 32, "params_unique": {"low": "15k", "high": "30k", "log": True}, "head_dim": 8}
     )
     data["model"]["num_layers"] = [2, 4]
-    data["budget"].update({"value": 8e7, "batch_size": 2, "seq_len": 32})
+    data["budget"].update(TINY_BUDGET)
     data["data"]["builtin_tokens"] = 20000
     data["target"].update({"repeats": 1, "warmup": 0, "new_tokens": 4, "prompt_len": 8})
     data["reference_point"] = {"val_nll": 5.6, "peak_memory": "64MiB", "decode_tokens_per_s": 1}

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import optuna
@@ -15,7 +19,7 @@ from morsearch.cli import main
 from morsearch.config import ModelConfig, load_config
 from morsearch.errors import StorageError
 from morsearch.search.launch import launch, status_of
-from search_tests.test_objective import tiny_space_file
+from search_tests.test_objective import TINY_BUDGET, tiny_space_file
 
 ROOT = Path(__file__).parents[2]
 
@@ -69,3 +73,24 @@ def test_quickstart_finishes_on_cpu(in_tmp: Path) -> None:
     shutil.copy(ROOT / "search_spaces" / "quickstart.yaml", in_tmp / "quickstart.yaml")
     progress = launch(in_tmp / "quickstart.yaml", workers=2)
     assert progress.done == progress.n_trials and progress.failed == 0 and progress.front
+
+
+def test_ctrl_c_stops_a_worker_cleanly_and_requeues_its_trial(in_tmp: Path) -> None:
+    space = tiny_space_file(in_tmp, n_trials=1, budget={**TINY_BUDGET, "value": 3e9})  # long enough to interrupt
+    launch(space, workers=0)
+    url = f"sqlite:///{in_tmp / 'trials' / 'tiny.db'}"
+    worker = subprocess.Popen([sys.executable, "-m", "morsearch", "worker", "--study", "tiny"], env=os.environ.copy())
+    study = optuna.load_study(study_name="tiny", storage=url)
+    deadline = time.monotonic() + 120
+    while not any("rung:0.25" in t.user_attrs or t.state == TrialState.RUNNING for t in study.trials):
+        assert time.monotonic() < deadline and worker.poll() is None, "the worker never started a trial"
+        time.sleep(0.2)
+    time.sleep(1.0)  # inside the training
+    worker.send_signal(signal.SIGINT)
+    assert worker.wait(timeout=120) == 0
+    trials = optuna.load_study(study_name="tiny", storage=url).trials
+    interrupted = trials[0]
+    (retry,) = [t for t in trials if t.system_attrs.get("failed_trial") == interrupted.number]
+    assert interrupted.state == TrialState.FAIL and interrupted.user_attrs["failure_reason"] == "interrupted"
+    assert retry.state == TrialState.WAITING and retry.params == interrupted.params
+    assert store.read_trial(store.get_engine(url), "tiny", interrupted.number) is None  # no half record

@@ -21,6 +21,9 @@ Random expert-choice routers keep about half of the surviving tokens at every st
 the mean direction of its inputs until its share matches the schedule, so the depth
 statistics are those of a trained model; the realised shares are recorded.
 
+``--no-profile`` skips the closing torch.profiler pass (vanilla and mor3-ec-cache at batch 32:
+host time, device-busy time, op and kernel counts, top ops), which says where the time goes.
+
 Targets: at batch >= 32, MoR Nr=3 (expert-choice, recursion-wise caching) decodes >= 1.5x
 vanilla's tokens/s (vanilla: its faster decoder); recursive sharing's KV bytes <= recursion-wise
 caching's for every Nr, router and batch.
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import time
 from typing import Any
 
 import torch
@@ -130,12 +134,48 @@ def block_statistics(model: MoRModel, decoder: str, batch: int, prompt_len: int,
     }
 
 
+def profile_decode(model: MoRModel, decoder: str, batch: int, prompt_len: int, new_tokens: int) -> dict[str, Any]:
+    """Where the decode time goes: host time, device-busy time, op and kernel counts, top ops."""
+    from torch.profiler import ProfilerActivity, profile
+
+    device = model.embed.weight.device
+    prompt = torch.randint(0, model.cfg.vocab_size, (batch, prompt_len), device=device)
+    continuation = torch.randint(0, model.cfg.vocab_size, (batch, new_tokens), device=device)
+    run = DECODERS[decoder](model)
+    run.generate(prompt, new_tokens, continuation)  # warm-up
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        start = time.perf_counter()
+        run.generate(prompt, new_tokens, continuation)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        wall_ms = (time.perf_counter() - start) * 1e3
+    events = prof.key_averages()
+
+    def device_us(event: Any) -> float:
+        return float(getattr(event, "self_device_time_total", getattr(event, "self_cuda_time_total", 0.0)))
+
+    top_level = [e for e in prof.events() if e.name.startswith("aten::") and e.cpu_parent is None]
+    by_device = sorted(events, key=device_us, reverse=True)[:12]
+    by_host = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:12]
+    return {
+        "wall_ms_profiled": wall_ms,
+        "aten_host_ms": sum(e.cpu_time_total for e in top_level) / 1e3,
+        "device_busy_ms": sum(device_us(e) for e in events) / 1e3,
+        "aten_ops": len(top_level),
+        "kernels": sum(e.count for e in events if device_us(e) > 0 and not e.name.startswith("aten::")),
+        "top_device_ms": {e.key: device_us(e) / 1e3 for e in by_device},
+        "top_host_self_ms": {e.key: e.self_cpu_time_total / 1e3 for e in by_host},
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny CPU smoke run; result not written")
     parser.add_argument("--batches", type=int, nargs="+", default=None)
     parser.add_argument("--only", nargs="+", default=None, help="variant names to run (default: all)")
     parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--no-profile", action="store_true", help="skip profiling vanilla and mor3-ec-cache")
     args = parser.parse_args()
     device = "cpu" if args.quick or not torch.cuda.is_available() else "cuda"
     batches = args.batches or ([4] if args.quick else [1, 32, 256])
@@ -195,6 +235,18 @@ def main() -> None:
         del model
         if device == "cuda":
             torch.cuda.empty_cache()
+
+    if not args.no_profile:  # where the time goes, at the first batch the speed target covers
+        batch = next((b for b in batches if b >= 32), batches[-1])
+        raw["profile"] = {"batch": batch}
+        for name in ("vanilla", "vanilla@reference", "mor3-ec-cache", "mor3-ec-cache@lockstep"):
+            cfg, decoder = variants(args.quick)[name]
+            torch.manual_seed(0)
+            model = build_model(cfg, device=device, dtype=getattr(torch, dtype)).eval()
+            calibrate_routers(model, calibration_tokens)
+            raw["profile"][name] = profile_decode(model, decoder, batch, prompt_len, new_tokens)
+            print(f"profile {name:24s}", {k: v for k, v in raw["profile"][name].items() if not k.startswith("top")})
+            del model
 
     targets = summarise(raw, batches)
     for t in targets:

@@ -21,6 +21,8 @@ Random expert-choice routers keep about half of the surviving tokens at every st
 the mean direction of its inputs until its share matches the schedule, so the depth
 statistics are those of a trained model; the realised shares are recorded.
 
+On an H100 the whole run takes about 15 minutes; split it to fit a time limit:
+``--part 1/3``, then ``--part 2/3 --merge``, ``--part 3/3 --merge`` (the first part profiles).
 ``--no-profile`` skips the closing torch.profiler pass (vanilla and mor3-ec-cache at batch 32:
 host time, device-busy time, op and kernel counts, top ops), which says where the time goes.
 
@@ -32,17 +34,20 @@ caching's for every Nr, router and batch.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import time
 from typing import Any
 
 import torch
 
-from benchmarks.common import target, write_result
+from benchmarks.common import RESULTS, target, write_result
 from morsearch.config import DeploymentTarget, ModelConfig
 from morsearch.measure import measure
 from morsearch.model import MoRModel, build_model
 from morsearch.model.decoding import DECODERS
+
+RESULTS_FILE = RESULTS / "decode_throughput.json"
 
 
 def base_shape(quick: bool) -> dict[str, Any]:
@@ -176,14 +181,18 @@ def main() -> None:
     parser.add_argument("--only", nargs="+", default=None, help="variant names to run (default: all)")
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--no-profile", action="store_true", help="skip profiling vanilla and mor3-ec-cache")
+    parser.add_argument("--part", default=None, help="K/M: run every M-th variant from the K-th (split long runs)")
+    parser.add_argument("--merge", action="store_true", help="add to the runs already in the result file")
     args = parser.parse_args()
     device = "cpu" if args.quick or not torch.cuda.is_available() else "cuda"
     batches = args.batches or ([4] if args.quick else [1, 32, 256])
     prompt_len, new_tokens = (24, 12) if args.quick else (512, 256)
-    repeats = args.repeats or (2 if args.quick else 3)
+    repeats = args.repeats or 2
     dtype = "float32" if args.quick else "bfloat16"
 
     chosen = {k: v for k, v in variants(args.quick).items() if args.only is None or k in args.only}
+    part, parts = map(int, args.part.split("/")) if args.part else (1, 1)
+    chosen = {k: v for i, (k, v) in enumerate(chosen.items()) if i % parts == part - 1}
     raw: dict[str, Any] = {
         "device_kind": device,
         "dtype": dtype,
@@ -223,7 +232,7 @@ def main() -> None:
                 runs[name]["by_batch"][str(batch)] = {"error": "oom"}
                 continue
             record = {key: value for key, value in m.to_dict().items() if key not in ("versions",)}
-            if cfg.router != "none" or cfg.num_recursions > 1:
+            if name.startswith("mor3"):  # one extra generation: only where the report needs it
                 record.update(block_statistics(model, decoder, batch, prompt_len, new_tokens))
             runs[name]["by_batch"][str(batch)] = record
             print(
@@ -236,7 +245,7 @@ def main() -> None:
         if device == "cuda":
             torch.cuda.empty_cache()
 
-    if not args.no_profile:  # where the time goes, at the first batch the speed target covers
+    if not args.no_profile and part == 1:  # where the time goes, at the first batch the speed target covers
         batch = next((b for b in batches if b >= 32), batches[-1])
         raw["profile"] = {"batch": batch}
         for name in ("vanilla", "vanilla@reference", "mor3-ec-cache", "mor3-ec-cache@lockstep"):
@@ -248,6 +257,10 @@ def main() -> None:
             print(f"profile {name:24s}", {k: v for k, v in raw["profile"][name].items() if not k.startswith("top")})
             del model
 
+    if args.merge and RESULTS_FILE.exists():  # runs of earlier parts, unless re-run now
+        earlier = json.loads(RESULTS_FILE.read_text())["raw"]
+        runs.update({name: run for name, run in earlier["runs"].items() if name not in runs})
+        raw.setdefault("profile", earlier.get("profile"))
     targets = summarise(raw, batches)
     for t in targets:
         print(f"{t['name']:48s} {t['value']:.3f} (target {t['target']}) {'met' if t['met'] else 'MISSED'}")

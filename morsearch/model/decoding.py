@@ -362,16 +362,23 @@ class RowDecoder:
         attn, n = layer.attn, x.shape[0]
         H, G, E = attn.num_heads, attn.num_kv_heads, attn.head_dim
         a = layer.attn_norm(x)
-        q = apply_rope(attn.q_proj(a).view(n, 1, H, E).transpose(1, 2), *rope)  # (n, H, 1, E)
+        q = attn.q_proj(a).view(n, 1, H, E).transpose(1, 2)  # (n, H, 1, E)
         slots = [self.cache.slots_for((layer_index, g.step)) for g in groups]
         group_plans = self._plans(layer_index, groups, rows_dev, plans)
         # Rows are sorted by step, so the rows that project K/V (all, or step 0 under
         # recursive sharing) are a leading slice: one k/v projection for all of them.
         writers = sum(g.stop - g.start for g, (write, _) in zip(groups, slots, strict=True) if write is not None)
         if writers:
-            cos, sin = rope[0][:writers], rope[1][:writers]
-            k = apply_rope(attn.k_proj(a[:writers]).view(writers, 1, G, E).transpose(1, 2), cos, sin)[:, :, 0]
-            v = attn.v_proj(a[:writers]).view(writers, G, E)  # k, v: (w, G, E)
+            k = attn.k_proj(a[:writers]).view(writers, 1, G, E).transpose(1, 2)  # (w, G, 1, E)
+            v = attn.v_proj(a[:writers]).view(writers, G, E)
+            if writers == n:  # one RoPE call for queries and keys: fewer kernel launches
+                qk = apply_rope(torch.cat((q, k), dim=1), *rope)
+                q, k = qk[:, :H], qk[:, H:, 0]
+            else:
+                q = apply_rope(q, *rope)
+                k = apply_rope(k, rope[0][:writers], rope[1][:writers])[:, :, 0]  # (w, G, E)
+        else:
+            q = apply_rope(q, *rope)
         outs = []
         for g, (write, read), p in zip(groups, slots, group_plans, strict=True):
             if write is not None:

@@ -44,7 +44,11 @@ def search(
     from morsearch.search.launch import launch
 
     console = Console()
-    progress = launch(space, workers=workers, gpus=_gpu_list(gpus), storage=storage, console=console)
+    try:
+        progress = launch(space, workers=workers, gpus=_gpu_list(gpus), storage=storage, console=console)
+    except KeyboardInterrupt:
+        console.print("stopped; running trials were re-enqueued: run the same command to continue")
+        raise typer.Exit(130) from None
     name = progress.study_name
     console.print(f"[bold green]done[/]: {progress.complete} trials complete, Pareto front of {len(progress.front)}")
     console.print(f"next: morsearch status --study {name} · morsearch export --study {name} --trial N --out best.yaml")
@@ -62,7 +66,11 @@ def worker(
     """Join a running study from any machine and run trials until it has enough."""
     from morsearch.search.launch import run_study_worker
 
-    summary = run_study_worker(storage or "", study, worker_index=index, device=device)
+    try:
+        summary = run_study_worker(storage or "", study, worker_index=index, device=device)
+    except KeyboardInterrupt:
+        typer.echo("worker stopped at once; its trial was re-enqueued")
+        raise typer.Exit(130) from None
     typer.echo(
         f"worker done: {summary.completed} complete, {summary.pruned} stopped early, "
         f"{summary.failed} failed, {summary.interrupted} interrupted"

@@ -151,9 +151,10 @@ class MoRLightningModule(pl.LightningModule):
             {"params": decay, "weight_decay": self.budget.weight_decay},
             {"params": no_decay, "weight_decay": 0.0},
         ]
-        fused = self.device.type == "cuda"
+        # foreach, not fused: Lightning's mixed-precision plugin refuses to clip the gradients of
+        # an optimizer that unscales them itself (fused AdamW), and clipping is part of the recipe.
         return torch.optim.AdamW(
-            groups, lr=self.budget.learning_rate, betas=(self.budget.beta1, self.budget.beta2), fused=fused
+            groups, lr=self.budget.learning_rate, betas=(self.budget.beta1, self.budget.beta2), foreach=True
         )
 
     # --- validation ------------------------------------------------------------

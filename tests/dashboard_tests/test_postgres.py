@@ -14,7 +14,6 @@ from morsearch.search.results import open_study
 from .conftest import fill_study
 
 
-@pytest.mark.slow  # ~20 s: Optuna creates its schema on the server first
 def test_postgres_store_is_read_only_and_exportable(tmp_path):
     with pg_schema_url() as url:
         fill_study(url, "pg", num_trials=4)

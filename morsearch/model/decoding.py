@@ -15,10 +15,10 @@ depth-wise batching (docs/DECODING.md has the design and the measurements):
                                   \\________ one call: q/k/v/o + MLP batched, ________/
                                             attention per (layer, step) slot
 
-               A token that stops (router says so, or step Nr) is finished on the
-               next iteration (post-block layers, norm, head, next token, embedding,
-               pre-block layers) and its sequence's next token joins the block at
-               step 0 at once, so early exits leave no bubbles.
+               A token that stops (router says so, or step Nr) is finished in the
+               same iteration (post-block layers, norm, head, next token, embedding,
+               pre-block layers) and its sequence's next token joins the next call
+               at step 0, so early exits leave no bubbles.
 
 Each sequence has at most one token in flight, so a sequence's K/V are written in
 position order, and the computation of a sequence does not depend on which other

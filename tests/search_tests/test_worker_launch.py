@@ -76,16 +76,15 @@ def test_quickstart_finishes_on_cpu(in_tmp: Path) -> None:
 
 
 def test_ctrl_c_stops_a_worker_cleanly_and_requeues_its_trial(in_tmp: Path) -> None:
-    space = tiny_space_file(in_tmp, n_trials=1, budget={**TINY_BUDGET, "value": 3e9})  # long enough to interrupt
+    space = tiny_space_file(in_tmp, n_trials=1, budget={**TINY_BUDGET, "value": 1e9})  # long enough to interrupt
     launch(space, workers=0)
     url = f"sqlite:///{in_tmp / 'trials' / 'tiny.db'}"
     worker = subprocess.Popen([sys.executable, "-m", "morsearch", "worker", "--study", "tiny"], env=os.environ.copy())
     study = optuna.load_study(study_name="tiny", storage=url)
     deadline = time.monotonic() + 120
-    while not any("rung:0.25" in t.user_attrs or t.state == TrialState.RUNNING for t in study.trials):
+    while not any(t.state == TrialState.RUNNING for t in study.trials):
         assert time.monotonic() < deadline and worker.poll() is None, "the worker never started a trial"
         time.sleep(0.2)
-    time.sleep(1.0)  # inside the training
     worker.send_signal(signal.SIGINT)
     assert worker.wait(timeout=120) == 0
     trials = optuna.load_study(study_name="tiny", storage=url).trials

@@ -9,7 +9,7 @@ the same effective depth (unique layers x recursions, as the paper compares them
   recursive-nr{2,3,4}   Middle-Cycle, no routing (every token every step)
   mor{2,3,4}-{ec,tc}-{cache,share}
                         expert/token-choice routing, recursion-wise caching / recursive sharing
-  mor3-ec-cache@lockstep, @reference
+  mor3-ec-cache@depthwise_deferred, @lockstep, @reference
                         the same model with the other decoders, to show where the speed comes from
 Each is measured by ``morsearch.measure.measure`` (warm-up, CUDA events, repeats, median)
 with continuous depth-wise batching unless named otherwise, at batch 1, 32 and 256,
@@ -87,7 +87,7 @@ def variants(quick: bool) -> dict[str, tuple[ModelConfig, str]]:
             for kv, kv_short in (("recursion_wise", "cache"), ("recursive_sharing", "share")):
                 cfg = ModelConfig(**base, **recursion, num_recursions=nr, router=router, kv_strategy=kv)
                 found[f"mor{nr}-{short}-{kv_short}"] = (cfg, "depthwise")
-    for decoder in ("lockstep", "reference"):
+    for decoder in ("depthwise_deferred", "lockstep", "reference"):
         found[f"mor3-ec-cache@{decoder}"] = (found["mor3-ec-cache"][0], decoder)
     return found
 
@@ -248,7 +248,13 @@ def main() -> None:
     if not args.no_profile and part == 1:  # where the time goes, at the first batch the speed target covers
         batch = next((b for b in batches if b >= 32), batches[-1])
         raw["profile"] = {"batch": batch}
-        for name in ("vanilla", "vanilla@reference", "mor3-ec-cache", "mor3-ec-cache@lockstep"):
+        for name in (
+            "vanilla",
+            "vanilla@reference",
+            "mor3-ec-cache",
+            "mor3-ec-cache@lockstep",
+            "mor3-ec-cache@depthwise_deferred",
+        ):
             cfg, decoder = variants(args.quick)[name]
             torch.manual_seed(0)
             model = build_model(cfg, device=device, dtype=getattr(torch, dtype)).eval()

@@ -42,7 +42,9 @@ def measure(
         typer.Option(help="Deployment target YAML with a top-level 'target:' section (default: CONFIG's own)."),
     ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
-    decoder: Annotated[str, typer.Option(help="Decoder: depthwise, lockstep or reference.")] = "depthwise",
+    decoder: Annotated[
+        str, typer.Option(help="Decoder: depthwise, depthwise_deferred, lockstep or reference.")
+    ] = "depthwise",
     seed: Annotated[int, typer.Option(help="Seed of the random weights and prompt.")] = 0,
 ) -> None:
     """Measure a model's memory and throughput on a deployment target (random weights)."""

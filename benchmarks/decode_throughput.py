@@ -187,7 +187,7 @@ def main() -> None:
     device = "cpu" if args.quick or not torch.cuda.is_available() else "cuda"
     batches = args.batches or ([4] if args.quick else [1, 32, 256])
     prompt_len, new_tokens = (24, 12) if args.quick else (512, 256)
-    repeats = args.repeats or 2
+    repeats = args.repeats or (1 if args.quick else 2)
     dtype = "float32" if args.quick else "bfloat16"
 
     chosen = {k: v for k, v in variants(args.quick).items() if args.only is None or k in args.only}
@@ -224,7 +224,7 @@ def main() -> None:
                 prompt_len=prompt_len,
                 new_tokens=new_tokens,
                 repeats=repeats,
-                warmup=1,
+                warmup=0 if args.quick else 1,
             )
             try:
                 m = measure(model, deployment, decoder=decoder)

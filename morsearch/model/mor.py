@@ -140,7 +140,7 @@ class MoRModel(nn.Module):
             cache.seq_len += T
         aux_loss = self.router.weighted_aux_loss()
         fractions = (
-            torch.stack(step_tokens).float().detach() / (B * T) if step_tokens else torch.ones(0)
+            torch.stack(step_tokens).float().detach() / (B * T) if step_tokens else logits.new_zeros(0)
         )
         return ModelOutput(
             logits=logits,

@@ -217,7 +217,8 @@ def storage_lock(engine: Engine, name: str) -> Iterator[None]:
         if path is None:  # in-memory: one process only
             yield
             return
-        lock_path = path.with_name(f"{path.name}.{name}.lock")
+        safe = re.sub(r"[^A-Za-z0-9_.-]", "-", name)
+        lock_path = path.with_name(f"{path.name}.{safe}.lock")
         with open(lock_path, "a+") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:

@@ -29,13 +29,9 @@ err_console = Console(stderr=True)
 def _root() -> None:
     """Find the Mixture-of-Recursions transformer that fits your deployment target."""
 
+
 # Command modules register on ``app`` when imported (kept below ``app`` on purpose).
-from morsearch.cli import dashboard  # noqa: E402, F401
-from morsearch.cli import describe  # noqa: E402, F401
-from morsearch.cli import measure  # noqa: E402, F401
-from morsearch.cli import search  # noqa: E402, F401
-from morsearch.cli import train  # noqa: E402, F401
-from morsearch.cli import validate  # noqa: E402, F401
+from morsearch.cli import dashboard, describe, measure, search, train, validate  # noqa: E402, F401
 
 
 def main(argv: list[str] | None = None) -> None:

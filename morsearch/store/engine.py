@@ -14,7 +14,9 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import re
+import sqlite3
 import threading
+import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -123,12 +125,30 @@ def engine_kwargs(url: str) -> dict:
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute(f"PRAGMA busy_timeout={SQLITE_TIMEOUT_S * 1000}")
+    _enter_wal_mode(cursor)
     cursor.execute("PRAGMA foreign_keys=ON")
     # WAL + NORMAL is durable against process crashes (only an OS crash can lose the last commit).
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
+
+
+def _enter_wal_mode(cursor) -> None:
+    """Switch a SQLite file to WAL, retrying while another process does the same.
+
+    Several workers opening a fresh file at once race for the exclusive lock that the
+    switch needs; SQLite answers the losers "database is locked" at once, without
+    waiting on the busy timeout, so the wait happens here.
+    """
+    deadline = time.monotonic() + SQLITE_TIMEOUT_S
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as err:
+            if "locked" not in str(err) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def configure_engine(engine: Engine) -> None:

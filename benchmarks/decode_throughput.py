@@ -22,7 +22,9 @@ the mean direction of its inputs until its share matches the schedule, so the de
 statistics are those of a trained model; the realised shares are recorded.
 
 On an H100 the whole run takes about 15 minutes; split it to fit a time limit:
-``--part 1/3``, then ``--part 2/3 --merge``, ``--part 3/3 --merge`` (the first part profiles).
+``--part 1/3``, then ``--part 2/3 --merge``, ``--part 3/3 --merge`` (the last part profiles).
+Every part times vanilla again and compares its own models with that vanilla. The result file is
+rewritten after every model, so a run cut short keeps what it measured.
 ``--no-profile`` skips the closing torch.profiler pass (vanilla and mor3-ec-cache at batch 32:
 host time, device-busy time, op and kernel counts, top ops), which says where the time goes.
 
@@ -48,6 +50,8 @@ from morsearch.model import MoRModel, build_model
 from morsearch.model.decoding import DECODERS
 
 RESULTS_FILE = RESULTS / "decode_throughput.json"
+# vanilla's two decoders: the speed every other model is compared with
+ANCHORS = ("vanilla", "vanilla@reference")
 
 
 def base_shape(quick: bool) -> dict[str, Any]:
@@ -192,7 +196,8 @@ def main() -> None:
 
     chosen = {k: v for k, v in variants(args.quick).items() if args.only is None or k in args.only}
     part, parts = map(int, args.part.split("/")) if args.part else (1, 1)
-    chosen = {k: v for i, (k, v) in enumerate(chosen.items()) if i % parts == part - 1}
+    # Every part times vanilla again: its runs are compared with the vanilla of the same part (same machine).
+    chosen = {k: v for i, (k, v) in enumerate(chosen.items()) if k in ANCHORS or i % parts == part - 1}
     raw: dict[str, Any] = {
         "device_kind": device,
         "dtype": dtype,
@@ -201,6 +206,14 @@ def main() -> None:
         "repeats": repeats,
         "runs": {},
     }
+    if args.merge and RESULTS_FILE.exists():  # runs of earlier parts, unless re-run now
+        earlier = json.loads(RESULTS_FILE.read_text())["raw"]
+        for name, run in earlier["runs"].items():  # an earlier part's vanilla stays, as that part's anchor
+            kept = f"{name}#part{run.get('part', 1)}" if name in ANCHORS and name in chosen else name
+            if kept not in chosen:
+                raw["runs"][kept] = run
+        if "profile" in earlier:
+            raw["profile"] = earlier["profile"]
     runs: dict[str, dict[str, Any]] = raw["runs"]
     calibration_tokens = torch.randint(
         0, base_shape(args.quick)["vocab_size"], (4, prompt_len), generator=torch.Generator().manual_seed(1)
@@ -210,6 +223,8 @@ def main() -> None:
         model = build_model(cfg, device=device, dtype=getattr(torch, dtype)).eval()
         shares = calibrate_routers(model, calibration_tokens)
         runs[name] = {
+            "part": part,
+            "anchor": name in ANCHORS,
             "decoder": decoder,
             "config": cfg.model_dump(mode="json"),
             "calibrated_step_shares": shares,
@@ -244,8 +259,10 @@ def main() -> None:
         del model
         if device == "cuda":
             torch.cuda.empty_cache()
+        if not args.quick:  # after every model, so a run cut short keeps what it measured
+            write_result("decode_throughput", raw, summarise(raw, batches))
 
-    if not args.no_profile and part == 1:  # where the time goes, at the first batch the speed target covers
+    if not args.no_profile and part == parts:  # where the time goes, at the first batch the speed target covers
         batch = next((b for b in batches if b >= 32), batches[-1])
         raw["profile"] = {"batch": batch}
         for name in (
@@ -263,10 +280,6 @@ def main() -> None:
             print(f"profile {name:24s}", {k: v for k, v in raw["profile"][name].items() if not k.startswith("top")})
             del model
 
-    if args.merge and RESULTS_FILE.exists():  # runs of earlier parts, unless re-run now
-        earlier = json.loads(RESULTS_FILE.read_text())["raw"]
-        runs.update({name: run for name, run in earlier["runs"].items() if name not in runs})
-        raw.setdefault("profile", earlier.get("profile"))
     targets = summarise(raw, batches)
     for t in targets:
         print(f"{t['name']:48s} {t['value']:.3f} (target {t['target']}) {'met' if t['met'] else 'MISSED'}")
@@ -285,10 +298,15 @@ def summarise(raw: dict[str, Any], batches: list[int]) -> list[dict[str, Any]]:
         record = runs.get(name, {}).get("by_batch", {}).get(str(batch), {})
         return record.get("decode_tokens_per_s", math.nan)
 
-    ratios: dict[str, dict[str, float]] = {}
-    for batch in batches:
-        vanilla = max(rate("vanilla", batch), rate("vanilla@reference", batch))
-        ratios[str(batch)] = {name: rate(name, batch) / vanilla for name in runs}
+    def anchor(part: int, batch: int) -> float:
+        """Vanilla's tokens/s (its faster decoder) as timed in ``part`` (nan if not timed there yet)."""
+        timed = [rate(name, batch) for name, run in runs.items() if run.get("anchor") and run["part"] == part]
+        return max((x for x in timed if math.isfinite(x)), default=math.nan)
+
+    ratios = {
+        str(batch): {name: rate(name, batch) / anchor(run.get("part", 1), batch) for name, run in runs.items()}
+        for batch in batches
+    }
     raw["decode_speedup_vs_vanilla"] = ratios
     targets = [
         target(

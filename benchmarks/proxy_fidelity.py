@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
+import math
 import multiprocessing
 import os
 import time
@@ -135,11 +136,12 @@ def main() -> None:
     names = QUICK_CONFIGS if args.quick and not args.all_configs else list(CONFIGS)
     multipliers = sorted({1.0, *(args.multipliers or ([] if args.quick else [3.0]))})
     budgets = {"reference": base["value"] * args.factor} | {f"proxy_x{m:g}": base["value"] * m for m in multipliers}
+    flops = sorted(set(budgets.values()))
     # enough generated text that even the reference run sees each token only a few times
     builtin_tokens = 200_000 if args.quick else 20_000_000
     work = [
         (name, model_fields(name, args.quick), {**base, "value": value}, builtin_tokens)
-        for value in sorted(set(budgets.values()), reverse=True)  # longest first: better packing
+        for value in reversed(flops)  # longest first: better packing
         for name in names
     ]
     print(f"{len(work)} runs, {jobs} at a time, P = {base['value']:.3g} FLOPs, reference {args.factor:g} P")
@@ -190,12 +192,27 @@ def main() -> None:
         "wall_seconds": time.perf_counter() - started,
         "jobs": jobs,
     }
+    # every budget against every larger one: where along the ladder does a ranking start to hold?
+    by_flops = {v: {r["name"]: r["val_nll"] for r in runs if r["flops"] == v and "val_nll" in r} for v in flops}
+    raw["pairwise"] = [
+        {"proxy_flops": a, "reference_flops": b, **rank_agreement(by_flops[a], by_flops[b])}
+        for i, a in enumerate(flops)
+        for b in flops[i + 1 :]
+    ]
     targets = [target("kendall_tau_proxy_vs_10x", agreement["proxy_x1"]["kendall_tau"], 0.8)]
     targets += [
         target(f"kendall_tau_{label}_vs_reference", values["kendall_tau"], 0.8)
         for label, values in agreement.items()
         if label != "proxy_x1"
     ]
+    targets += [
+        target(f"kendall_tau_{pair['proxy_flops']:.0e}_vs_{pair['reference_flops']:.0e}", pair["kendall_tau"], 0.8)
+        for pair in raw["pairwise"]
+        if pair["proxy_flops"] != base["value"]
+        and math.isclose(pair["reference_flops"], args.factor * pair["proxy_flops"])
+    ]
+    for pair in raw["pairwise"]:
+        print(f"{pair['proxy_flops']:.0e} vs {pair['reference_flops']:.0e}: kendall tau {pair['kendall_tau']:.3f}")
     if args.quick:
         print("quick run: result not written")
         if args.out:

@@ -272,6 +272,8 @@ def main() -> None:
             "mor3-ec-cache@lockstep",
             "mor3-ec-cache@depthwise_deferred",
         ):
+            if name not in chosen:
+                continue
             cfg, decoder = variants(args.quick)[name]
             torch.manual_seed(0)
             model = build_model(cfg, device=device, dtype=getattr(torch, dtype)).eval()

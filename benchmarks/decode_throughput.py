@@ -24,7 +24,7 @@ statistics are those of a trained model; the realised shares are recorded.
 On an H100 the whole run takes about 15 minutes; split it to fit a time limit:
 ``--part 1/3``, then ``--part 2/3 --merge``, ``--part 3/3 --merge`` (the last part profiles).
 Every part times vanilla again and compares its own models with that vanilla. The result file is
-rewritten after every model, so a run cut short keeps what it measured.
+rewritten after every measurement, so a run cut short keeps what it measured.
 ``--no-profile`` skips the closing torch.profiler pass (vanilla and mor3-ec-cache at batch 32:
 host time, device-busy time, op and kernel counts, top ops), which says where the time goes.
 
@@ -256,11 +256,11 @@ def main() -> None:
                 f"cv {m.decode_cv:.3f}  steps {[round(x, 2) for x in m.step_token_fraction]}",
                 flush=True,
             )
+            if not args.quick:  # after every measurement, so a run cut short keeps what it measured
+                write_result("decode_throughput", raw, summarise(raw, batches))
         del model
         if device == "cuda":
             torch.cuda.empty_cache()
-        if not args.quick:  # after every model, so a run cut short keeps what it measured
-            write_result("decode_throughput", raw, summarise(raw, batches))
 
     if not args.no_profile and part == parts:  # where the time goes, at the first batch the speed target covers
         batch = next((b for b in batches if b >= 32), batches[-1])

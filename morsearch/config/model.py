@@ -16,7 +16,8 @@ Terms follow the MoR paper (Bae et al., 2025):
   ``none`` (every token every step: the plain recursive transformer),
   ``expert_choice`` (a router per step keeps the top ``capacity`` share of the
   tokens that survived the previous step) or ``token_choice`` (one router picks
-  each token's depth once).
+  each token's depth once). Router options given with ``router: none`` are
+  refused rather than silently ignored.
 * ``kv_strategy``: ``recursion_wise`` caches K/V per recursion step, only for the
   tokens active at that step (with ``router: none`` that is the plain per-step
   cache of a recursive model); ``recursive_sharing`` caches the first step's K/V
@@ -54,6 +55,19 @@ ROUTER_GATES: dict[str, tuple[str, ...]] = {
 DEFAULT_GATE = {"expert_choice": "sigmoid", "token_choice": "softmax"}
 DEFAULT_ALPHA = {"expert_choice": 0.1, "token_choice": 1.0}
 ROUTER_HIDDEN_MULTIPLIER = {"linear": 0, "mlp": 2, "wide_mlp": 4}
+# Fields that only a router reads; with router='none' no router is built, so giving one is refused.
+ROUTER_FIELDS = (
+    "router_network",
+    "router_gate",
+    "router_alpha",
+    "capacity_schedule",
+    "capacities",
+    "router_aux_loss_coeff",
+    "balancing",
+    "balancing_coeff",
+    "balancing_update_rate",
+    "router_z_loss_coeff",
+)
 
 
 class ModelConfig(FrozenConfig):
@@ -123,8 +137,7 @@ class ModelConfig(FrozenConfig):
         if self.d_model % self.num_heads:
             divisors = [h for h in range(1, min(self.d_model, 64) + 1) if self.d_model % h == 0]
             problems.append(
-                f"num_heads={self.num_heads} must divide d_model={self.d_model}; "
-                f"allowed num_heads: {divisors}"
+                f"num_heads={self.num_heads} must divide d_model={self.d_model}; allowed num_heads: {divisors}"
             )
         elif self.head_dim % 2:
             problems.append(f"head size d_model/num_heads={self.head_dim} must be even for RoPE")
@@ -156,7 +169,7 @@ class ModelConfig(FrozenConfig):
 
     def _router_problems(self) -> list[str]:
         if self.router == "none":
-            return []
+            return self._ignored_router_fields()
         problems = []
         if self.sharing not in CYCLE_SHARINGS:
             problems.append(
@@ -188,6 +201,25 @@ class ModelConfig(FrozenConfig):
                 problems.append(
                     f"capacities={list(self.capacities)} must be non-increasing: a token can only "
                     "reach a step it survived the step before"
+                )
+        return problems
+
+    def _ignored_router_fields(self) -> list[str]:
+        """Router options given with router='none', which builds no router and would ignore them.
+
+        Only fields the user set (``model_fields_set``) are checked, and a set value equal to the
+        default is accepted: it changes nothing, and a full ``model_dump()`` (as trial records
+        store it) must load again.
+        """
+        problems = []
+        for name in ROUTER_FIELDS:
+            value = getattr(self, name)
+            if name in self.model_fields_set and value != type(self).model_fields[name].default:
+                shown = list(value) if isinstance(value, tuple) else value
+                problems.append(
+                    f"{name}={shown!r} has no effect with router='none' (every token takes every recursion "
+                    f"step and no router is built); remove {name}, or set router='expert_choice' or "
+                    "'token_choice' to use it"
                 )
         return problems
 
@@ -323,8 +355,12 @@ class ModelConfig(FrozenConfig):
                 best, best_score = candidate, score
         if best is None or abs(best.unique_parameters() - params_unique) > tolerance * params_unique:
             smallest = cls(
-                d_model=step, num_heads=step // head_dim, num_kv_heads=step // head_dim // kv_group_size,
-                ffn_dim=8, num_layers=num_layers, **fields,
+                d_model=step,
+                num_heads=step // head_dim,
+                num_kv_heads=step // head_dim // kv_group_size,
+                ffn_dim=8,
+                num_layers=num_layers,
+                **fields,
             ).unique_parameters()
             raise ConfigError(
                 f"params_unique={params_unique:,} cannot be met within {tolerance:.0%} with "

@@ -64,3 +64,50 @@ def test_yaml_errors_name_file_and_line(tmp_path):
     with pytest.raises(ConfigError) as info:
         load_config(path, ModelConfig, section="model")
     assert f"{path}:6: model.routr: unknown key 'routr'; did you mean 'router'?" in str(info.value)
+
+
+RECURSIVE = dict(BASE, num_recursions=2, sharing="cycle")  # router none: every token every step
+
+
+@pytest.mark.parametrize(
+    "field, value, shown",
+    [
+        ("router_network", "mlp", "'mlp'"),
+        ("router_gate", "tanh", "'tanh'"),
+        ("router_alpha", 0.3, "0.3"),
+        ("capacity_schedule", "geometric", "'geometric'"),
+        ("capacities", (1.0, 0.5), "[1.0, 0.5]"),
+        ("router_aux_loss_coeff", 0.01, "0.01"),
+        ("balancing", "loss_free", "'loss_free'"),
+        ("balancing_coeff", 0.3, "0.3"),
+        ("balancing_update_rate", 0.01, "0.01"),
+        ("router_z_loss_coeff", 1e-3, "0.001"),
+    ],
+)
+def test_router_options_without_a_router_are_refused(field, value, shown):
+    with pytest.raises(ConfigError) as info:
+        ModelConfig(**RECURSIVE, **{field: value})
+    message = str(info.value)
+    assert f"{field}={shown} has no effect with router='none'" in message
+    assert f"remove {field}, or set router='expert_choice' or 'token_choice'" in message
+    ModelConfig(**RECURSIVE, router="expert_choice" if field != "balancing" else "token_choice", **{field: value})
+
+
+def test_router_fields_cover_every_router_option():
+    from morsearch.config.model import ROUTER_FIELDS
+
+    options = {name for name in ModelConfig.model_fields if name.startswith(("router_", "capacit", "balancing"))}
+    assert set(ROUTER_FIELDS) == options
+
+
+def test_router_defaults_are_not_refused_without_a_router():
+    plain = ModelConfig(**RECURSIVE)
+    assert plain.router == "none" and plain.gate == "none" and plain.alpha == 1.0
+    # a full dump (as trial records store it) names every field with its default: it must load again
+    assert ModelConfig(**plain.model_dump(mode="json")) == plain
+    # an explicitly given default changes nothing and is accepted
+    ModelConfig(**RECURSIVE, router="none", router_gate=None, balancing="loss", router_z_loss_coeff=0.0)
+    # several ignored options are all reported at once
+    with pytest.raises(ConfigError) as info:
+        ModelConfig(**RECURSIVE, router_gate="sigmoid", capacities=(1.0, 0.5))
+    assert "router_gate='sigmoid'" in str(info.value) and "capacities=[1.0, 0.5]" in str(info.value)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 
+import torch
+
 from morsearch.config import ModelConfig
 from morsearch.errors import ConfigError
 
@@ -49,4 +51,33 @@ def config_id(cfg: ModelConfig) -> str:
     return f"{cfg.sharing}-{cfg.router}-{cfg.kv_strategy}-nr{cfg.num_recursions}"
 
 
-__all__ = ["ConfigError", "all_combinations", "config_id", "is_valid_combination", "tiny", "valid_configs"]
+def perturbed_pair(cfg: ModelConfig, length: int, cut: int, batch: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two token batches (batch, length) equal up to position ``cut`` and different after it."""
+    idx = torch.randint(0, cfg.vocab_size, (batch, length))
+    changed = idx.clone()
+    changed[:, cut + 1 :] = torch.randint(0, cfg.vocab_size, (batch, length - cut - 1))
+    return idx, changed
+
+
+def decode_incrementally(model, idx: torch.Tensor, prompt: int, chunk_tokens: int = 256):
+    """Prefill ``idx[:, :prompt]`` into a fresh KV cache, then feed the rest one token per call.
+
+    Returns the cache and the model outputs in order (the prefill first).
+    """
+    cache = model.new_cache(idx.shape[0], chunk_tokens=chunk_tokens)
+    outputs = [model(idx[:, :prompt], cache=cache)]
+    for t in range(prompt, idx.shape[1]):
+        outputs.append(model(idx[:, t : t + 1], cache=cache))
+    return cache, outputs
+
+
+__all__ = [
+    "ConfigError",
+    "all_combinations",
+    "config_id",
+    "decode_incrementally",
+    "is_valid_combination",
+    "perturbed_pair",
+    "tiny",
+    "valid_configs",
+]

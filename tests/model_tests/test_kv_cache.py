@@ -9,18 +9,14 @@ import torch
 from morsearch.model import build_model, sizing
 from morsearch.model.sharing import layer_schedule
 
-from .helpers import config_id, tiny, valid_configs
+from .helpers import config_id, decode_incrementally, tiny, valid_configs
 
 PROMPT, TOTAL = 9, 16
 TOLERANCE = dict(atol=1e-5, rtol=1e-5)  # float32: only summation order differs
 
 
 def _decode(model, idx, chunk_tokens=256):
-    cache = model.new_cache(idx.shape[0], chunk_tokens=chunk_tokens)
-    outputs = [model(idx[:, :PROMPT], cache=cache)]
-    for t in range(PROMPT, idx.shape[1]):
-        outputs.append(model(idx[:, t : t + 1], cache=cache))
-    return cache, outputs
+    return decode_incrementally(model, idx, PROMPT, chunk_tokens)
 
 
 @pytest.mark.parametrize("cfg", valid_configs(), ids=config_id)

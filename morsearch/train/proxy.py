@@ -114,6 +114,22 @@ class EvalRecorder(pl.Callback):
         self.train_start = self.train_end = 0.0
         self.last_eval_step = -1
 
+    def state_dict(self) -> dict[str, Any]:
+        """Saved in checkpoints, so a resumed run reports the curve of the whole run."""
+        return {
+            "curve": [[tokens, nll] for tokens, nll in self.curve],
+            "routing_curve": [[tokens, list(shares)] for tokens, shares in self.routing_curve],
+            "last_eval_step": self.last_eval_step,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.curve = [(int(tokens), float(nll)) for tokens, nll in state_dict["curve"]]
+        self.routing_curve = [
+            (int(tokens), [float(s) for s in shares]) for tokens, shares in state_dict["routing_curve"]
+        ]
+        self.routing = self.routing_curve[-1][1] if self.routing_curve else []
+        self.last_eval_step = int(state_dict["last_eval_step"])
+
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.train_start = time.perf_counter()
 

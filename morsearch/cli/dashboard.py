@@ -71,7 +71,7 @@ def dashboard(
             highlight=False,
         )
     url = _storage_url(storage, study)
-    console.print("reading the store ...", highlight=False)
+    console.print("opening the store ...", highlight=False)
     serve(
         url,
         host=host,
@@ -79,4 +79,5 @@ def dashboard(
         export_dir=export_dir,
         study=study,
         on_ready=lambda address: console.print(f"dashboard at {address}; Ctrl-C to stop", highlight=False),
+        on_warm=lambda line: console.print(line, highlight=False),
     )

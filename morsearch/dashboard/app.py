@@ -17,6 +17,12 @@ the refresh polls.
     GET  /api/trial?study=S&number=N   details of one trial with its curve/routing/phase figures
     POST /api/export            {"study", "number"} -> writes <export_dir>/<study>-trial<N>.yaml
 
+Speed (5,000 trials, benchmarks/dashboard_scale.py): trials are read with a few Core queries
+(``reader.LiveStudyView``); the answers for a store version are built once and cached, and
+large ones (plotly.js, a front's figure) are gzipped once; ``serve`` listens as soon as the
+store is checked and reads the trials in the background; the page draws its first front
+before plotly.js has run (see ``page``).
+
 Security: binds 127.0.0.1 unless told otherwise; the store is opened read-only; the
 only file written is an export inside ``export_dir``; a strict Content-Security-Policy
 forbids loading anything from another origin; requests whose Host or Origin is not
@@ -26,6 +32,7 @@ JSON and are inserted with ``textContent``, never as HTML.
 
 from __future__ import annotations
 
+import gzip
 import json
 import shlex
 import threading
@@ -41,14 +48,17 @@ from urllib.parse import parse_qs, urlsplit
 from morsearch.dashboard import figures, info
 from morsearch.dashboard.export import export_to_folder
 from morsearch.dashboard.page import PAGE_HTML, PAGE_JS
+from morsearch.dashboard.reader import LiveStudyView, open_live_study
 from morsearch.dashboard.report import plotly_js
 from morsearch.errors import MorsearchError, StorageError
-from morsearch.search.results import StudyView, list_studies, open_study
+from morsearch.search.results import list_studies
 from morsearch.store import redact
 
 __all__ = ["DashboardApp", "make_server", "serve"]
 
 MAX_BODY_BYTES = 4096
+GZIP_MIN_BYTES = 16_384
+"""Smaller answers go as they are; plotly.js (4.8 MB) and a front of 5,000 trials (2.7 MB) shrink 3-9x."""
 CACHE_ENTRIES = 64
 STUDY_LIST_TTL_S = 5.0
 
@@ -92,13 +102,15 @@ class DashboardApp:
         self.storage_url = storage_url
         self.export_dir = Path(export_dir)
         self.only_study = study
-        self._views: dict[str, StudyView] = {}
+        self._views: dict[str, LiveStudyView] = {}
         self._lock = threading.Lock()
         self._cache: OrderedDict[tuple[Any, ...], bytes] = OrderedDict()
+        self._building: dict[tuple[Any, ...], threading.Event] = {}
         self._study_list: tuple[float, list[str]] = (-1e9, [])
         self._version_cache: dict[str, tuple[str, dict[int, str], dict[str, Any]]] = {}
         # Fail now, with the store's message, rather than on the first page load.
-        names = self.studies()
+        names = list_studies(storage_url)
+        self._study_list = (time.monotonic(), names)
         if study is not None and study not in names:
             raise StorageError(
                 f"no study '{study}' in {redact(storage_url)}; studies there: {', '.join(names) or 'none'}"
@@ -111,17 +123,20 @@ class DashboardApp:
         with self._lock:
             stamp, names = self._study_list
         if time.monotonic() - stamp > STUDY_LIST_TTL_S:
-            names = list_studies(self.storage_url)
+            with self._lock:
+                view = next(iter(self._views.values()), None)
+            # an open view lists in one query; otherwise open (and check) the store anew
+            names = view.study_names() if view is not None else list_studies(self.storage_url)
             with self._lock:
                 self._study_list = (time.monotonic(), names)
         return names
 
-    def view(self, name: str) -> StudyView:
+    def view(self, name: str) -> LiveStudyView:
         with self._lock:
             if name not in self._views:
                 if self.only_study is not None and name != self.only_study:
                     raise StorageError(f"this dashboard serves study '{self.only_study}' only")
-                self._views[name] = open_study(self.storage_url, name)
+                self._views[name] = open_live_study(self.storage_url, name)
             return self._views[name]
 
     def warm(self) -> int:
@@ -130,10 +145,11 @@ class DashboardApp:
         Returns:
             The number of trials read.
         """
+        _GZIPPED.pin(_plotly_bytes())
         count = 0
         for name in self.studies():
             count += len(self.view(name).trials())
-            self.front(name, "0-1", {})  # also pays plotly's import before the first visitor
+            _GZIPPED(self.front(name, "0-1", {}))  # also pays plotly's import before the first visitor
         return count
 
     def close(self) -> None:
@@ -148,16 +164,27 @@ class DashboardApp:
         return f"{len(trials)}-{len(finished)}-{max(finished).timestamp() if finished else 0}"
 
     def _cached(self, key: tuple[Any, ...], build: Callable[[], bytes]) -> bytes:
-        with self._lock:
-            if key in self._cache:
-                self._cache.move_to_end(key)
-                return self._cache[key]
-        body = build()
-        with self._lock:
-            self._cache[key] = body
-            while len(self._cache) > CACHE_ENTRIES:
-                self._cache.popitem(last=False)
-        return body
+        """The cached answer for ``key``, built once even when several requests ask at the same time."""
+        while True:
+            with self._lock:
+                if key in self._cache:
+                    self._cache.move_to_end(key)
+                    return self._cache[key]
+                building = self._building.get(key)
+                if building is None:  # this thread builds it; the others wait for it
+                    self._building[key] = threading.Event()
+                    break
+            building.wait()  # then look again (a failed build leaves no entry: the next one tries)
+        try:
+            body = build()
+            with self._lock:
+                self._cache[key] = body
+                while len(self._cache) > CACHE_ENTRIES:
+                    self._cache.popitem(last=False)
+            return body
+        finally:
+            with self._lock:
+                self._building.pop(key).set()
 
     def state(self, study: str) -> dict[str, Any]:
         trials = self.view(study).trials()
@@ -190,7 +217,9 @@ class DashboardApp:
         key = ("front", study, view_name, version, json.dumps(where.__dict__, sort_keys=True, default=list))
         return self._cached(key, lambda: self._front_body(view, trials, view_name, where, version))
 
-    def _per_version(self, view: StudyView, trials: list[Any], version: str) -> tuple[dict[int, str], dict[str, Any]]:
+    def _per_version(
+        self, view: LiveStudyView, trials: list[Any], version: str
+    ) -> tuple[dict[int, str], dict[str, Any]]:
         """Hover texts and filter options: they depend on the trials, not the filter, so once per version."""
         with self._lock:
             stamp, texts, options = self._version_cache.get(view.name, ("", {}, {}))
@@ -202,7 +231,7 @@ class DashboardApp:
         return texts, options
 
     def _front_body(
-        self, view: StudyView, trials: list[Any], view_name: str, where: info.TrialFilter, version: str
+        self, view: LiveStudyView, trials: list[Any], view_name: str, where: info.TrialFilter, version: str
     ) -> bytes:
         pareto = info.pareto_info(trials, view.objective_names, view.directions, where)
         hover, options = self._per_version(view, trials, version)
@@ -270,7 +299,15 @@ class _Handler(BaseHTTPRequestHandler):
 
     # --- plumbing -------------------------------------------------------------------
     def _send(self, status: int, body: bytes, content_type: str, cache: bool = False) -> None:
+        compressible = len(body) >= GZIP_MIN_BYTES
+        packed = compressible and "gzip" in (self.headers.get("Accept-Encoding") or "")
+        if packed:
+            body = _GZIPPED(body)
         self.send_response(status)
+        if compressible:
+            self.send_header("Vary", "Accept-Encoding")
+        if packed:
+            self.send_header("Content-Encoding", "gzip")
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Content-Security-Policy", _CSP)
@@ -360,6 +397,41 @@ class _Handler(BaseHTTPRequestHandler):
         self._json(HTTPStatus.OK, self.app.export(study, number))
 
 
+class _Gzipped:
+    """Bodies compressed once: the cache hands every visitor the same bytes object, so it is the key."""
+
+    def __init__(self, entries: int = 8) -> None:
+        self._entries = entries
+        self._memo: OrderedDict[int, tuple[bytes, bytes]] = OrderedDict()
+        self._pinned: dict[int, tuple[bytes, bytes]] = {}
+        self._lock = threading.Lock()
+
+    def pin(self, body: bytes) -> None:
+        """Compress ``body`` now and keep it whatever else is sent (plotly.js: 0.15 s to compress)."""
+        with self._lock:
+            if id(body) in self._pinned:
+                return
+        packed = gzip.compress(body, compresslevel=6)
+        with self._lock:
+            self._pinned[id(body)] = (body, packed)
+
+    def __call__(self, body: bytes) -> bytes:
+        with self._lock:
+            # each entry holds its body, so no other object can take that id while it is there
+            if id(body) in self._pinned:
+                return self._pinned[id(body)][1]
+            if id(body) in self._memo and self._memo[id(body)][0] is body:
+                self._memo.move_to_end(id(body))
+                return self._memo[id(body)][1]
+        packed = gzip.compress(body, compresslevel=6)
+        with self._lock:
+            self._memo[id(body)] = (body, packed)
+            while len(self._memo) > self._entries:
+                self._memo.popitem(last=False)
+        return packed
+
+
+_GZIPPED = _Gzipped()
 _PLOTLY: list[bytes] = []
 
 
@@ -376,6 +448,7 @@ def make_server(
     port: int = 8050,
     export_dir: str | Path = "exports",
     study: str | None = None,
+    warm: bool = True,
 ) -> tuple[ThreadingHTTPServer, DashboardApp]:
     """Open the store read-only, read its studies once, and bind (not yet serve) the server.
 
@@ -385,13 +458,16 @@ def make_server(
         port: TCP port; 0 picks a free one (tests).
         export_dir: where "Export" writes config files; nothing else is written.
         study: serve only this study (default: every study in the store).
+        warm: read every trial and draw the default view before returning; with False the
+            caller runs ``app.warm()`` (``serve`` does, in the background, once listening).
 
     Raises:
         StorageError: the store is missing, unreadable or lacks ``study``.
         MorsearchError: the port is taken.
     """
     app = DashboardApp(storage_url, export_dir, study)
-    app.warm()
+    if warm:
+        app.warm()
     handler = type("Handler", (_Handler,), {"app": app})
     try:
         server = ThreadingHTTPServer((host, port), handler)
@@ -413,17 +489,33 @@ def serve(
     export_dir: str | Path = "exports",
     study: str | None = None,
     on_ready: Callable[[str], None] | None = None,
+    on_warm: Callable[[str], None] | None = None,
 ) -> None:
     """Run the dashboard until interrupted (Ctrl-C).
 
-    ``on_ready`` receives the URL once the server listens (the CLI prints it).
+    The server listens as soon as the store is open and checked; the trials are read and
+    the default view drawn in the background (a page asking meanwhile waits for them).
+    ``on_ready`` receives the URL once the server listens (the CLI prints it), ``on_warm``
+    a line once the trials are read.
     """
     started = time.perf_counter()
-    server, app = make_server(storage_url, host=host, port=port, export_dir=export_dir, study=study)
+    server, app = make_server(storage_url, host=host, port=port, export_dir=export_dir, study=study, warm=False)
     shown_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+
+    def warm() -> None:
+        try:
+            count = app.warm()
+        except Exception as exc:  # the page shows the same message when it asks; no traceback here
+            message = f"could not read the store yet: {exc}"
+        else:
+            message = f"{count} trials read in {time.perf_counter() - started:.1f} s"
+        if on_warm is not None:
+            on_warm(message)
+
+    threading.Thread(target=warm, name="dashboard-warm", daemon=True).start()
     if on_ready is not None:
         on_ready(
-            f"http://{shown_host}:{server.server_address[1]}/  (store read in {time.perf_counter() - started:.1f} s)"
+            f"http://{shown_host}:{server.server_address[1]}/  (listening after {time.perf_counter() - started:.1f} s)"
         )
     try:
         server.serve_forever(poll_interval=0.5)

@@ -13,6 +13,8 @@ __all__ = ["PAGE_HTML", "PAGE_JS"]
 PAGE_HTML = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>morsearch dashboard</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
+<!-- fetched now, run only once the front is drawn (see loadPlotly in app.js) -->
+<link rel="preload" href="/static/plotly.js" as="script">
 <style>
 body {font-family: system-ui, sans-serif; margin: 0; color: #1b1f24; display: flex; height: 100vh}
 aside {width: 300px; overflow-y: auto; border-right: 1px solid #d0d7de; padding: 10px; box-sizing: border-box}
@@ -62,9 +64,7 @@ ul.plain {list-style: none; padding: 0; margin: 0} ul.plain a {cursor: pointer; 
     <h2>Measurement</h2><pre id="d-measurement"></pre>
   </section>
 </main>
-<!-- app.js first: it starts fetching the front while the browser is still parsing plotly.js -->
 <script src="/static/app.js"></script>
-<script src="/static/plotly.js"></script>
 </body></html>
 """
 
@@ -161,35 +161,205 @@ function buildViews(meta) {
   });
 }
 
-// DOMContentLoaded fires once plotly.js (the next script) has run
-var plotlyReady = new Promise(function (resolve) {
-  if (document.readyState === 'loading') document.addEventListener('DOMContentLoaded', resolve); else resolve();
-});
+// plotly.js (4.8 MB) takes a second or two of CPU to run the first time a browser sees it, more
+// than the whole first render may take. So the page draws the first front itself, on a canvas
+// (drawPreview), and only then runs plotly.js, which the <link rel=preload> has already fetched;
+// plotly's interactive plot then replaces the preview. (Running plotly.js beside the front's
+// fetch, as this page once did, gives an interactive plot no sooner even on later visits, where
+// its compiled code is cached, and draws the first points later.)
+var plotlyLoading = null;
+function loadPlotly() {
+  if (window.Plotly) return Promise.resolve();
+  if (!plotlyLoading) {
+    plotlyLoading = new Promise(function (resolve, reject) {
+      var script = document.createElement('script');
+      script.src = '/static/plotly.js';
+      script.onload = resolve;
+      script.onerror = function () { plotlyLoading = null; reject(new Error('could not load /static/plotly.js')); };
+      document.body.appendChild(script);
+    });
+  }
+  return plotlyLoading;
+}
+function afterPaint() {  // resolves once the browser has painted what is on screen now
+  return new Promise(function (resolve) { requestAnimationFrame(function () { setTimeout(resolve, 0); }); });
+}
 
+// --- the preview: the front's points on a canvas, drawn from the same figure JSON -------------------
+function decoded(a) {  // plotly's typed-array JSON ({dtype, bdata}) or a plain array
+  if (!a) return [];
+  if (!a.bdata) return a;
+  var bin = atob(a.bdata), bytes = new Uint8Array(bin.length);
+  for (var i = 0; i < bin.length; i++) bytes[i] = bin.charCodeAt(i);
+  var T = {f8: Float64Array, f4: Float32Array, i4: Int32Array, u4: Uint32Array, i2: Int16Array,
+    u2: Uint16Array, i1: Int8Array, u1: Uint8Array}[a.dtype];
+  return T ? new T(bytes.buffer) : [];
+}
+function plain(text) {  // figure labels are HTML-escaped for plotly; the canvas draws text as it is
+  var t = String(text || '').replace(/<[^>]*>/g, '');
+  return t.replace(/&lt;/g, '<').replace(/&gt;/g, '>').replace(/&quot;/g, '"').replace(/&#x27;|&#39;/g, "'")
+    .replace(/&amp;/g, '&');
+}
+function niceTicks(lo, hi) {
+  var raw = (hi - lo) / 6, mag = Math.pow(10, Math.floor(Math.log10(raw))), f = raw / mag;
+  var step = (f < 1.5 ? 1 : f < 3.5 ? 2 : f < 7.5 ? 5 : 10) * mag, ticks = [];
+  for (var v = Math.ceil(lo / step) * step; v <= hi + step * 1e-9 && ticks.length < 20; v += step) ticks.push(v);
+  return ticks;
+}
+function tickText(v) {
+  return Math.abs(v) >= 1e4 || (v !== 0 && Math.abs(v) < 1e-3) ? v.toExponential(1) : String(+v.toPrecision(6));
+}
+
+function marker(ctx, symbol, x, y, r) {  // adds one marker to the current path
+  if (symbol === 'square') {
+    ctx.rect(x - r, y - r, 2 * r, 2 * r);
+  } else if (symbol === 'diamond') {
+    var d = r * 1.3;
+    ctx.moveTo(x, y - d); ctx.lineTo(x + d, y); ctx.lineTo(x, y + d); ctx.lineTo(x - d, y); ctx.closePath();
+  } else if (symbol === 'x') {
+    ctx.moveTo(x - r, y - r); ctx.lineTo(x + r, y + r); ctx.moveTo(x + r, y - r); ctx.lineTo(x - r, y + r);
+  } else {
+    ctx.moveTo(x + r, y); ctx.arc(x, y, r, 0, 2 * Math.PI);
+  }
+}
+function ink(ctx, mk) {  // fills the path's markers (strokes them for 'x')
+  var color = mk.color || '#444';
+  if (mk.symbol === 'x') { ctx.strokeStyle = color; ctx.lineWidth = 1.5; ctx.stroke(); }
+  else { ctx.fillStyle = color; ctx.fill(); }
+}
+
+function drawPreview(figure) {
+  var front = $('front'), layout = figure.layout || {}, tpl = (layout.template || {}).layout || {};
+  var width = front.clientWidth || 800, height = layout.height || 560, ratio = window.devicePixelRatio || 1;
+  var canvas = $('front-preview') || el('canvas');
+  canvas.id = 'front-preview'; canvas.width = width * ratio; canvas.height = height * ratio;
+  canvas.style.width = width + 'px'; canvas.style.height = height + 'px';
+  canvas.setAttribute('role', 'img'); canvas.setAttribute('aria-label', plain((layout.title || {}).text));
+  front.appendChild(canvas);
+  var ctx = canvas.getContext('2d'); ctx.scale(ratio, ratio);
+  var m = layout.margin || {}, left = (m.l || 60) + 20, top = m.t || 50, right = width - (m.r || 20);
+  var bottom = height - (m.b || 50) - 60;  // room for the tick labels and the legend below
+  var traces = figure.data.map(function (t) { return {t: t, x: decoded(t.x), y: decoded(t.y)}; });
+  var x0 = Infinity, x1 = -Infinity, y0 = Infinity, y1 = -Infinity;
+  traces.forEach(function (d) {
+    for (var i = 0; i < d.x.length; i++) {
+      var x = d.x[i], y = d.y[i];
+      if (!isFinite(x) || !isFinite(y)) continue;
+      if (x < x0) x0 = x; if (x > x1) x1 = x; if (y < y0) y0 = y; if (y > y1) y1 = y;
+    }
+  });
+  if (!(x1 >= x0)) { x0 = 0; x1 = 1; y0 = 0; y1 = 1; }
+  var px = (x1 - x0) * 0.05 || 1, py = (y1 - y0) * 0.06 || 1;
+  x0 -= px; x1 += px; y0 -= py; y1 += py;
+  function sx(v) { return left + (v - x0) / (x1 - x0) * (right - left); }
+  function sy(v) { return bottom - (v - y0) / (y1 - y0) * (bottom - top); }
+  var font = ((tpl.font || {}).family || 'system-ui, sans-serif'), text = (tpl.font || {}).color || '#2a3f5f';
+  ctx.fillStyle = tpl.plot_bgcolor || '#E5ECF6'; ctx.fillRect(left, top, right - left, bottom - top);
+  ctx.strokeStyle = ((tpl.xaxis || {}).gridcolor) || 'white'; ctx.lineWidth = 1;
+  ctx.fillStyle = text; ctx.font = '12px ' + font;
+  ctx.textAlign = 'center'; ctx.textBaseline = 'top';
+  niceTicks(x0, x1).forEach(function (v) {
+    ctx.beginPath(); ctx.moveTo(sx(v), top); ctx.lineTo(sx(v), bottom); ctx.stroke();
+    ctx.fillText(tickText(v), sx(v), bottom + 6);
+  });
+  ctx.textAlign = 'right'; ctx.textBaseline = 'middle';
+  niceTicks(y0, y1).forEach(function (v) {
+    ctx.beginPath(); ctx.moveTo(left, sy(v)); ctx.lineTo(right, sy(v)); ctx.stroke();
+    ctx.fillText(tickText(v), left - 6, sy(v));
+  });
+  ctx.save(); ctx.beginPath(); ctx.rect(left, top, right - left, bottom - top); ctx.clip();
+  traces.forEach(function (d) {
+    var t = d.t, mk = t.marker || {}, n = Math.min(d.x.length, d.y.length);
+    ctx.globalAlpha = t.opacity === undefined ? 1 : t.opacity;
+    ctx.beginPath();
+    if ((t.mode || '').indexOf('markers') >= 0) {
+      var r = (mk.size || 6) / 2, each = ctx.globalAlpha < 1;  // faded points darken where they overlap
+      for (var i = 0; i < n; i++) {
+        marker(ctx, mk.symbol, sx(d.x[i]), sy(d.y[i]), r);
+        if (each) { ink(ctx, mk); ctx.beginPath(); }
+      }
+      if (!each) ink(ctx, mk);
+    } else if (n) {  // the pair's staircase ('hv': across, then up or down)
+      var line = t.line || {};
+      ctx.moveTo(sx(d.x[0]), sy(d.y[0]));
+      for (var j = 1; j < n; j++) { ctx.lineTo(sx(d.x[j]), sy(d.y[j - 1])); ctx.lineTo(sx(d.x[j]), sy(d.y[j])); }
+      ctx.setLineDash(line.dash === 'dot' ? [2, 3] : []); ctx.strokeStyle = line.color || '#444';
+      ctx.lineWidth = line.width || 1; ctx.stroke(); ctx.setLineDash([]);
+    }
+  });
+  ctx.restore(); ctx.globalAlpha = 1; ctx.fillStyle = text;
+  ctx.textAlign = 'center'; ctx.textBaseline = 'alphabetic'; ctx.font = '14px ' + font;
+  ctx.fillText(plain(((layout.xaxis || {}).title || {}).text), (left + right) / 2, bottom + 40);
+  ctx.save(); ctx.translate(left - 62, (top + bottom) / 2); ctx.rotate(-Math.PI / 2);
+  ctx.fillText(plain(((layout.yaxis || {}).title || {}).text), 0, 0); ctx.restore();
+  ctx.textAlign = 'left'; ctx.font = '17px ' + font;
+  ctx.fillText(plain((layout.title || {}).text), width * 0.05, top - 20);
+  ctx.font = '12px ' + font; ctx.fillStyle = '#57606a'; ctx.textAlign = 'right';
+  ctx.fillText('loading the interactive plot...', right, top - 20);
+  var lx = left;  // the legend, in one row below the axis title
+  ctx.textAlign = 'left'; ctx.textBaseline = 'middle';
+  traces.forEach(function (d) {
+    if (!d.x.length) return;  // as plotly: an empty trace has no legend entry
+    var t = d.t, mk = t.marker || {}, name = plain(t.name), ly = bottom + 62;
+    ctx.beginPath(); ctx.globalAlpha = 1;
+    if ((t.mode || '').indexOf('markers') >= 0) {
+      marker(ctx, mk.symbol, lx + 8, ly, 4); ink(ctx, mk);
+    } else {
+      ctx.moveTo(lx, ly); ctx.lineTo(lx + 16, ly); ctx.strokeStyle = (t.line || {}).color || '#444'; ctx.stroke();
+    }
+    ctx.fillStyle = text; ctx.fillText(name, lx + 22, ly);
+    lx += 30 + ctx.measureText(name).width;
+  });
+}
+
+// When the user could first see the front (preview or plot) and when it became interactive, in ms
+// since navigation started, taken once the browser has painted it (read by benchmarks/dashboard_scale.py).
+function markDrawn(how) {
+  var front = $('front');
+  front.dataset.drawn = how;
+  return afterPaint().then(function () {
+    var now = String(Math.round(performance.now()));
+    if (front.dataset.drawnAtMs === undefined) { front.dataset.drawnAtMs = now; front.dataset.drawnFirstBy = how; }
+    if (how === 'plotly' && front.dataset.interactiveAtMs === undefined) front.dataset.interactiveAtMs = now;
+  });
+}
+
+var frontRequests = 0;
 function loadFront() {
-  var t0 = performance.now();
-  return Promise.all([api('/api/front?' + query()), plotlyReady]).then(function (done) {
-    var data = done[0], meta = data.meta; S.version = meta.version; S.study = meta.study;
+  var t0 = performance.now(), mine = ++frontRequests;
+  return api('/api/front?' + query()).then(function (data) {
+    if (mine !== frontRequests) return;  // a newer request (filter, view, refresh) will draw instead
+    var meta = data.meta; S.version = meta.version; S.study = meta.study;
     buildFilters(meta); buildViews(meta);
     $('shown').textContent = 'showing ' + meta.shown + ' of ' + meta.total + ' completed trials; ' +
       meta.front.length + ' on the front. Click a point for its details.';
-    var config = {displaylogo: false, responsive: true};
-    var t1 = performance.now();
-    return Plotly.react('front', data.figure.data, data.figure.layout, config).then(function () {
-      $('front').dataset.plotMs = String(Math.round(performance.now() - t1));
-      var front = $('front');
-      if (!S.clickBound) {
-        S.clickBound = true;
-        front.on('plotly_click', function (ev) {
-          var p = ev.points && ev.points[0];
-          if (p && p.customdata !== undefined) loadTrial(p.customdata);
-        });
-      }
-      front.dataset.renderedMs = String(Math.round(performance.now() - t0));
-      front.dataset.version = meta.version;
-      showError('');
+    var waited = Promise.resolve();
+    if (!window.Plotly) {
+      var flat = data.figure.data.every(function (t) { return t.type === 'scattergl' || t.type === 'scatter'; });
+      if (flat) { drawPreview(data.figure); waited = markDrawn('preview'); }
+    }
+    return waited.then(loadPlotly).then(function () {
+      if (mine !== frontRequests) return;
+      var config = {displaylogo: false, responsive: true};
+      var t1 = performance.now(), preview = $('front-preview');
+      if (preview) preview.remove();
+      return Plotly.react('front', data.figure.data, data.figure.layout, config).then(function () {
+        var front = $('front');
+        front.dataset.plotMs = String(Math.round(performance.now() - t1));
+        if (!S.clickBound) {
+          S.clickBound = true;
+          front.on('plotly_click', function (ev) {
+            var p = ev.points && ev.points[0];
+            if (p && p.customdata !== undefined) loadTrial(p.customdata);
+          });
+        }
+        markDrawn('plotly');
+        front.dataset.renderedMs = String(Math.round(performance.now() - t0));
+        front.dataset.version = meta.version;
+        showError('');
+      });
     });
-  }).catch(function (e) { showError(e.message); });
+  }).catch(function (e) { showError(e.message); loadPlotly().catch(function () {}); });
 }
 
 function table(rows) {
@@ -200,7 +370,9 @@ function table(rows) {
 }
 
 function loadTrial(number) {
-  return api('/api/trial?' + new URLSearchParams({study: S.study, number: number})).then(function (data) {
+  var asked = api('/api/trial?' + new URLSearchParams({study: S.study, number: number}));
+  return Promise.all([asked, loadPlotly()]).then(function (done) {
+    var data = done[0];
     var d = data.details; S.trial = d.trial;
     $('details').hidden = false; $('export-result').hidden = true;
     var kind = d.state.toLowerCase() + (d.baseline ? ', baseline ' + d.baseline : '');

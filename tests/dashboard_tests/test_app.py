@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import re
 import threading
+import time
 import urllib.error
 import urllib.request
 
 import pytest
 
-from morsearch.dashboard.app import make_server
+from morsearch.dashboard.app import DashboardApp, make_server
 from morsearch.dashboard.page import PAGE_HTML, PAGE_JS
 from morsearch.errors import StorageError
 
@@ -86,3 +88,47 @@ def test_unknown_study_is_refused_at_start(study_store, tmp_path):
     url, _ = study_store
     with pytest.raises(StorageError, match="no study 'nope'"):
         make_server(url, port=0, export_dir=tmp_path, study="nope")
+
+
+def test_large_answers_are_gzipped(served):
+    base, _ = served
+    _, plain_headers, plain = _get(base + "static/plotly.js")
+    status, headers, packed = _get(base + "static/plotly.js", **{"Accept-Encoding": "gzip"})
+    assert "Content-Encoding" not in plain_headers
+    assert status == 200 and headers["Content-Encoding"] == "gzip" and headers["Vary"] == "Accept-Encoding"
+    assert gzip.decompress(packed) == plain and len(packed) < len(plain) / 2
+    _, headers, body = _get(base + "api/studies", **{"Accept-Encoding": "gzip"})
+    assert "Content-Encoding" not in headers and json.loads(body)["studies"] == ["demo"]  # small: as it is
+
+
+def test_a_server_not_yet_warm_answers_once_it_is(study_store, tmp_path):
+    url, _ = study_store
+    server, app = make_server(url, port=0, export_dir=tmp_path, warm=False)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=app.warm, daemon=True).start()  # as `serve` does
+    try:
+        _, _, body = _get(f"http://127.0.0.1:{server.server_address[1]}/api/front?view=0-1")
+        assert json.loads(body)["meta"]["total"] == 26
+    finally:
+        server.shutdown()
+        server.server_close()
+        app.close()
+
+
+def test_concurrent_askers_share_one_build(study_store, tmp_path):
+    app = DashboardApp(study_store[0], tmp_path)
+    builds = []
+
+    def build() -> bytes:
+        builds.append(1)
+        time.sleep(0.2)
+        return b"body"
+
+    answers = []
+    askers = [threading.Thread(target=lambda: answers.append(app._cached(("k",), build))) for _ in range(4)]
+    for asker in askers:
+        asker.start()
+    for asker in askers:
+        asker.join()
+    assert answers == [b"body"] * 4 and len(builds) == 1
+    app.close()

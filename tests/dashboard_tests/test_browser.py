@@ -164,3 +164,72 @@ def test_dashboard_in_a_real_browser(live_study):
     assert not errors, errors
     foreign = [u for u in requests if not u.startswith(base)]
     assert not foreign, f"the page loaded external URLs: {foreign}"
+
+
+def test_first_front_is_drawn_before_plotly_runs(study_store, tmp_path):
+    """A first visit draws the front on a canvas at once; plotly's interactive plot replaces it."""
+    url, _ = study_store
+    server, app = make_server(url, port=0, export_dir=tmp_path / "exports")
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}/"
+    held: list = []
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--headless", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.route("**/static/plotly.js", lambda route: held.append(route))  # held back until we let it go
+        try:
+            page.goto(base, wait_until="commit")
+            page.wait_for_function("document.getElementById('front').dataset.drawnAtMs !== undefined")
+            assert page.evaluate("document.getElementById('front').dataset.drawn") == "preview"
+            blue = page.evaluate(  # the front's points are on the canvas, in the front's colour
+                """() => {
+                    const c = document.getElementById('front-preview');
+                    const px = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+                    let n = 0;
+                    for (let i = 0; i < px.length; i += 4) if (px[i] === 31 && px[i + 1] === 119) n++;
+                    return n;
+                }"""
+            )
+            assert blue > 50
+            assert "on the front" in page.inner_text("#shown") and page.locator("#bounds [data-bound]").count() == 3
+            assert held and page.evaluate("window.Plotly === undefined")
+            for route in held:
+                route.continue_()
+            page.wait_for_function(RENDERED, arg=page.evaluate("S.version"), timeout=30_000)
+            assert page.evaluate("document.getElementById('front').dataset.drawn") == "plotly"
+            assert page.locator("#front-preview").count() == 0 and page.locator("#front .main-svg").count() >= 1
+        finally:
+            browser.close()
+            server.shutdown()
+            server.server_close()
+            app.close()
+    assert not errors, errors
+
+
+def test_report_table_sorts_in_a_real_browser(study_store, tmp_path):
+    from morsearch.dashboard.report import write_report
+
+    path = write_report(*study_store, tmp_path / "report.html")
+    column = "(k) => Array.from(document.querySelectorAll('table.sortable tbody tr'), (r) => r.cells[k].dataset.value)"
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--headless", "--disable-gpu"])
+        page = browser.new_page()
+        try:
+            page.goto(path.as_uri())
+            first = [float(v) for v in page.evaluate(column, 2)]
+            assert len(first) > 2 and first == sorted(first)  # as written: by the first objective
+            header = page.locator("table.sortable th").nth(0)  # trial number
+            header.click()
+            numbers = [int(v) for v in page.evaluate(column, 0)]
+            assert numbers == sorted(numbers) and len(set(numbers)) > 1
+            assert "sorted-asc" in header.get_attribute("class")
+            header.click()
+            assert [int(v) for v in page.evaluate(column, 0)] == sorted(numbers, reverse=True)
+            assert "sorted-desc" in header.get_attribute("class")
+            page.locator("table.sortable th").nth(3).click()  # a numeric objective, not as text
+            memory = [float(v) for v in page.evaluate(column, 3)]
+            assert memory == sorted(memory)
+        finally:
+            browser.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sqlite3
 import subprocess
 import sys
 import time
@@ -37,6 +38,28 @@ def test_report_command_errors_are_messages(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["report"])
     assert "pass --storage" in capsys.readouterr().err
+
+
+def test_dashboard_command_bad_store_is_a_message(study_store, tmp_path, capsys):
+    garbage = tmp_path / "garbage.db"
+    garbage.write_text("not a database")
+    empty = tmp_path / "empty.db"
+    with sqlite3.connect(empty) as connection:
+        connection.execute("CREATE TABLE other (x INTEGER)")
+    url, _ = study_store
+    cases = [
+        (["--storage", f"sqlite:///{tmp_path / 'none.db'}"], "no such store file"),
+        (["--storage", str(garbage)], "file is not a database"),
+        (["--storage", f"sqlite:///{empty}"], "not a morsearch study store"),
+        (["--storage", url, "--study", "nope"], "no study 'nope'"),
+    ]
+    for args, message in cases:
+        with pytest.raises(SystemExit) as exit_info:
+            main(["dashboard", *args, "--port", "0", "--export-dir", str(tmp_path / "exp")])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, err
+    assert not (tmp_path / "exp").exists()
 
 
 def test_dashboard_command_serves_on_loopback(study_store):

@@ -8,6 +8,7 @@ from store_tests.pg import pg_schema_url
 
 from morsearch.config import ModelConfig, load_config
 from morsearch.dashboard.export import export_trial
+from morsearch.dashboard.reader import open_live_study
 from morsearch.dashboard.report import write_report
 from morsearch.search.results import open_study
 
@@ -21,6 +22,9 @@ def test_postgres_store_is_read_only_and_exportable(tmp_path):
         trials = view.trials()
         assert [t.state for t in trials].count("COMPLETE") == 6
         assert trials[2].curve and trials[3].curve  # ms_ record and user-attribute paths
+        live = open_live_study(url, "pg")  # the live app's reader gives the same records
+        assert live.trials() == trials
+        live.close()
         with view._engine.connect() as connection, pytest.raises(sa.exc.InternalError, match="read-only"):
             connection.execute(sa.text("CREATE TABLE ms_probe (x int)"))
         view.close()

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from typer.testing import CliRunner
 from morsearch.cli import app
 from morsearch.config import ModelConfig
 from morsearch.model import build_model
-from morsearch.train.full import FullResult, train_full
+from morsearch.train.full import FullResult, eta_seconds, train_full
 
 from .helpers import DATA, steps_budget, tiny_mor
 
@@ -126,3 +127,22 @@ def test_train_command_without_budget_names_the_fix(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["train", str(config)])
     assert result.exit_code != 0
     assert "no 'budget:' section" in str(result.exception)
+
+
+def test_eta_comes_from_steps_left_or_from_the_time_budget() -> None:
+    assert eta_seconds(10, 40, steps_per_s=5.0, elapsed=2.0, budget_seconds=None) == pytest.approx(6.0)
+    assert eta_seconds(10, 40, steps_per_s=0.0, elapsed=2.0, budget_seconds=None) is None  # no rate yet
+    assert eta_seconds(10, None, steps_per_s=5.0, elapsed=2.5, budget_seconds=60.0) == pytest.approx(57.5)
+    assert eta_seconds(10, None, steps_per_s=5.0, elapsed=61.0, budget_seconds=60.0) == 0.0
+    assert eta_seconds(10, None, steps_per_s=5.0, elapsed=1.0, budget_seconds=None) is None
+
+
+def test_progress_bar_shows_tokens_per_second_and_an_eta(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A seconds budget has no step total; its ETA is the time left of the budget."""
+    budget = steps_budget(kind="seconds", value=0.5, eval_every=1000)
+    result = train_full(tiny_mor(), budget, DATA, tmp_path, progress=True, device="cpu")
+    output = capsys.readouterr().out
+    assert result.steps > 1
+    assert re.search(r"\b[\d,]*[1-9][\d,]* tok/s", output), output  # a rate, not "-"
+    assert re.search(r"ETA \d+:\d\d:\d\d", output) and "-:--:--" not in output, output
+    assert re.search(r"loss \d+\.\d{3}", output) and re.search(r"val \d+\.\d{3}", output), output

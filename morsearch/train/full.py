@@ -254,9 +254,9 @@ def train_full(
     """
     started = time.perf_counter()
     out = Path(out_dir)
-    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
     target = resolve_device(device)
     module, datamodule, total_steps = prepare(model_config, budget, data, target)
+    (out / "checkpoints").mkdir(parents=True, exist_ok=True)  # only once the data is known to be good
     if budget.compile:
         module.compile_model()
     recorder = EvalRecorder(budget.tokens_per_step, target, on_eval=None)

@@ -11,7 +11,7 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from morsearch.cli import app
+from morsearch.cli import app, main
 from morsearch.config import ModelConfig
 from morsearch.model import build_model
 from morsearch.train.full import FullResult, eta_seconds, train_full
@@ -119,6 +119,26 @@ def test_train_command(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     metrics = json.loads(result.output.strip().splitlines()[-1])
     assert metrics["steps"] == 10 and (out / "model.pt").is_file()
+
+
+def test_train_command_with_bad_data_exits_2_with_one_message(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MORSEARCH_DEBUG", raising=False)
+    config = tmp_path / "model.yaml"
+    sections = {
+        "model": tiny_mor().model_dump(mode="json", exclude_unset=True),
+        "budget": steps_budget(10).model_dump(mode="json"),
+        "data": {"source": "text", "path": str(tmp_path / "missing.txt")},
+    }
+    config.write_text(yaml.safe_dump(sections))
+    with pytest.raises(SystemExit) as info:
+        main(["train", str(config), "--out", str(tmp_path / "out"), "--device", "cpu"])
+    assert info.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.err.count("missing.txt: no such file") == 1 and captured.err.startswith("error:"), captured.err
+    assert "Traceback" not in captured.err + captured.out
+    assert not (tmp_path / "out" / "checkpoints").exists()  # refused before anything was made
 
 
 def test_train_command_without_budget_names_the_fix(tmp_path: Path) -> None:

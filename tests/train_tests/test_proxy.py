@@ -76,10 +76,22 @@ def test_seconds_budget_stops_on_time() -> None:
     assert result.steps > 1 and len(result.curve) == 1
 
 
-def test_bad_data_fails_before_any_model_is_built(tmp_path: Path) -> None:
-    missing = DataConfig(source="text", path=str(tmp_path / "missing.txt"))
-    with pytest.raises(DataError, match="missing.txt: no such file"):
-        run_proxy(tiny_mor(), steps_budget(5), missing, device="cpu")
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [("missing.txt", None, "missing.txt: no such file"), ("short.txt", "too short", "fewer than one batch")],
+)
+def test_bad_data_fails_before_any_model_is_built(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, content: str | None, message: str
+) -> None:
+    def no_model_yet(*args: object) -> None:
+        raise AssertionError("a model was built before the data was checked")
+
+    monkeypatch.setattr("morsearch.train.module.build_model", no_model_yet)
+    if content is not None:
+        (tmp_path / name).write_text(content, encoding="utf-8")
+    data = DataConfig(source="text", path=str(tmp_path / name))
+    with pytest.raises(DataError, match=message):
+        run_proxy(tiny_mor(), steps_budget(5), data, device="cpu")
 
 
 def test_default_device_is_cpu_without_gpu() -> None:

@@ -20,7 +20,9 @@ def _section(path: Path, name: str) -> bool:
     return isinstance(data, dict) and name in data
 
 
-def _load_budget(config: Path, budget_file: Path | None, value: float | None) -> TrainBudget:
+def _load_budget(
+    config: Path, budget_file: Path | None, value: float | None, seed: int | None, compile_model: bool | None
+) -> TrainBudget:
     source = budget_file or config
     if not _section(source, "budget"):
         raise ConfigError(
@@ -28,7 +30,14 @@ def _load_budget(config: Path, budget_file: Path | None, value: float | None) ->
             "or pass --budget FILE with one (a search space YAML works)"
         )
     budget = load_config(source, TrainBudget, section="budget")
-    return budget.replace(value=value) if value is not None else budget
+    overrides = {"value": value, "seed": seed, "compile": compile_model}
+    return budget.replace(**{name: v for name, v in overrides.items() if v is not None})
+
+
+def _positive(value: float | None) -> float | None:
+    if value is not None and not value > 0:
+        raise typer.BadParameter(f"must be > 0 (got {value:g}); it is the budget's size in units of its kind")
+    return value
 
 
 @app.command()
@@ -41,7 +50,13 @@ def train(
         Path | None, typer.Option("--budget", help="YAML whose 'budget:' section to use (default: CONFIG's own).")
     ] = None,
     value: Annotated[
-        float | None, typer.Option(help="Override the budget's value (e.g. 10x the proxy's FLOPs).", min=0)
+        float | None,
+        typer.Option(help="Override the budget's value, > 0 (e.g. 10x the proxy's FLOPs).", callback=_positive),
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Override the budget's seed (model init and batch order).")] = None,
+    compile_model: Annotated[
+        bool | None,
+        typer.Option("--compile/--no-compile", help="Override the budget's compile (torch.compile the model)."),
     ] = None,
     device: Annotated[str, typer.Option(help="cuda, cpu or auto.")] = "auto",
     resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoints/last.ckpt when it exists.")] = True,
@@ -52,7 +67,7 @@ def train(
     from morsearch.train.full import train_full  # torch + Lightning: keep `morsearch --help` instant
 
     model_config = load_config(config, ModelConfig, section="model")
-    budget = _load_budget(config, budget_file, value)
+    budget = _load_budget(config, budget_file, value, seed, compile_model)
     data = load_config(config, DataConfig, section="data") if _section(config, "data") else DataConfig()
     out_dir = out or Path("trials") / "train" / config.stem
     result = train_full(

@@ -12,7 +12,7 @@ import yaml
 from typer.testing import CliRunner
 
 from morsearch.cli import app, main
-from morsearch.config import ModelConfig
+from morsearch.config import ModelConfig, TrainBudget
 from morsearch.model import build_model
 from morsearch.train.full import FullResult, eta_seconds, train_full
 
@@ -139,6 +139,43 @@ def test_train_command_with_bad_data_exits_2_with_one_message(
     assert captured.err.count("missing.txt: no such file") == 1 and captured.err.startswith("error:"), captured.err
     assert "Traceback" not in captured.err + captured.out
     assert not (tmp_path / "out" / "checkpoints").exists()  # refused before anything was made
+
+
+def _write_config(path: Path) -> Path:
+    sections = {
+        "model": tiny_mor().model_dump(mode="json", exclude_unset=True),
+        "budget": steps_budget(10, seed=3, compile=True).model_dump(mode="json"),
+    }
+    path.write_text(yaml.safe_dump(sections))
+    return path
+
+
+def test_train_command_flags_override_the_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[TrainBudget] = []
+
+    def fake_train_full(model_config: ModelConfig, budget: TrainBudget, *args: object, **kwargs: object) -> FullResult:
+        seen.append(budget)
+        fields = {name: 0 for name in FullResult.__dataclass_fields__}
+        return FullResult(**{**fields, "routing": [], "curve": [], "routing_curve": [], "model_path": "m"})
+
+    monkeypatch.setattr("morsearch.train.full.train_full", fake_train_full)
+    config = _write_config(tmp_path / "model.yaml")
+    runner = CliRunner()
+    for flags, expected in [
+        ([], (10, 3, True)),  # the file's own budget
+        (["--value", "20", "--seed", "7", "--no-compile"], (20, 7, False)),
+        (["--seed", "0", "--compile"], (10, 0, True)),  # 0 is a seed, not "unset"
+    ]:
+        result = runner.invoke(app, ["train", str(config), "--json", *flags])
+        assert result.exit_code == 0, result.output
+        assert (seen[-1].value, seen[-1].seed, seen[-1].compile) == expected, flags
+
+
+@pytest.mark.parametrize("value", ["0", "-5"])
+def test_train_command_refuses_a_budget_value_not_above_zero(tmp_path: Path, value: str) -> None:
+    result = CliRunner().invoke(app, ["train", str(_write_config(tmp_path / "model.yaml")), "--value", value])
+    assert result.exit_code == 2
+    assert "--value" in result.output and "must be > 0" in result.output, result.output
 
 
 def test_train_command_without_budget_names_the_fix(tmp_path: Path) -> None:

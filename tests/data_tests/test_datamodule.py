@@ -92,3 +92,20 @@ def test_token_file_source(tmp_path: Path) -> None:
     assert next(iter(dm.train_dataloader())).max() < 1000
     with pytest.raises(DataError, match="train.bin: token id 99\\d"):
         module(DataConfig(source="tokens", path=str(path)), vocab_size=500)
+
+
+def test_uint32_token_file_through_data_config(tmp_path: Path) -> None:
+    """Ids above 65535 survive only when DataConfig.token_dtype says uint32 (as uint16 they split in two)."""
+    path = tmp_path / "big_vocab.bin"
+    ids = np.random.default_rng(0).integers(60_000, 70_000, 20_000).astype(np.uint32)
+    ids.tofile(path)
+    cfg = DataConfig(source="tokens", path=str(path), token_dtype="uint32", val_fraction=0.1)
+    data = load_tokens(cfg)
+    assert data.num_train_tokens + len(data.val) == len(ids)
+    np.testing.assert_array_equal(np.concatenate([*data.train_parts[:1], data.val, *data.train_parts[1:]]), ids)
+    batch = next(iter(module(cfg, vocab_size=70_000).train_dataloader()))
+    assert batch.min() >= 60_000 and batch.max() < 70_000
+    with pytest.raises(DataError, match=r"big_vocab.bin: token id 6\d{4} .* beyond the model's vocabulary of 65536"):
+        module(cfg, vocab_size=65_536)
+    as_uint16 = load_tokens(cfg.replace(token_dtype="uint16"))
+    assert as_uint16.num_train_tokens + len(as_uint16.val) == 2 * len(ids)  # the wrong dtype reads other ids

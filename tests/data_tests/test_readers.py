@@ -72,3 +72,19 @@ def test_token_file_problems(tmp_path: Path) -> None:
     path.write_bytes(b"\x01\x02\x03")
     with pytest.raises(DataError, match="not a whole number of uint16 ids"):
         open_tokens(path)
+
+
+@pytest.mark.parametrize("content", [b"", b"\n\n  \n"])
+def test_empty_jsonl_is_named(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "empty.jsonl"
+    path.write_bytes(content)
+    with pytest.raises(DataError, match=r"empty.jsonl: the file holds no text"):
+        read_jsonl(path)
+
+
+def test_jsonl_not_utf8_names_file_and_byte(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.jsonl"
+    first = (json.dumps({"text": "ok"}) + "\n").encode()
+    path.write_bytes(first + '{"text": "caf\xe9"}\n'.encode("latin-1"))
+    with pytest.raises(DataError, match=rf"latin1.jsonl: not UTF-8 at byte {len(first) + 13}"):
+        read_jsonl(path)

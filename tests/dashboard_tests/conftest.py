@@ -17,6 +17,23 @@ OBJECTIVES = ["val_nll", "peak_memory_mb", "decode_tokens_per_s"]
 DIRECTIONS = ["minimize", "minimize", "maximize"]
 
 
+QUICKSTART_ASSET = Path(__file__).parent / "assets" / "quickstart.db"
+
+
+def copy_quickstart_store(dest: Path) -> Path:
+    """A private copy of the committed store of a real quickstart search (skips the test without it)."""
+    import sqlite3
+
+    if not QUICKSTART_ASSET.exists():
+        pytest.skip(f"{QUICKSTART_ASSET} missing; see tests/dashboard_tests/assets/README.md")
+    # immutable: reading the committed asset must leave no -wal/-shm files beside it
+    source, copy = sqlite3.connect(f"file:{QUICKSTART_ASSET}?immutable=1", uri=True), sqlite3.connect(dest)
+    source.backup(copy)
+    source.close()
+    copy.close()
+    return dest
+
+
 def model_fields(router: str, num_recursions: int, d_model: int) -> dict:
     """Valid ModelConfig fields for one point of the little design space below."""
     fields = {"vocab_size": 256, "d_model": d_model, "num_heads": 4, "ffn_dim": 2 * d_model, "max_seq_len": 64}

@@ -14,7 +14,6 @@ test-artifacts/.
 from __future__ import annotations
 
 import os
-import sqlite3
 import threading
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from morsearch.config import ModelConfig, load_config
 from morsearch.dashboard.app import make_server
 from morsearch.search.results import open_study
 
-from .conftest import fill_study
+from .conftest import copy_quickstart_store, fill_study
 
 CHROMIUM = os.environ.get("MORSEARCH_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
@@ -36,20 +35,13 @@ if not Path(CHROMIUM).exists():
 RENDERED = "(v) => document.getElementById('front').dataset.version === v"
 
 
-QUICKSTART = Path(__file__).parent / "assets" / "quickstart.db"
-
-
 @pytest.fixture(params=["ask_tell", "quickstart"])
 def live_study(request, tmp_path):
     """A served study: one filled by an ask/tell loop, or a copy of a real quickstart search's store."""
     import optuna
 
     if request.param == "quickstart":
-        if not QUICKSTART.exists():
-            pytest.skip(f"{QUICKSTART} missing; see tests/dashboard_tests/assets/README.md")
-        path = tmp_path / "quickstart.db"
-        with sqlite3.connect(QUICKSTART) as source, sqlite3.connect(path) as copy:
-            source.backup(copy)
+        path = copy_quickstart_store(tmp_path / "quickstart.db")
         url, name = f"sqlite:///{path}", "quickstart"
         study = optuna.load_study(study_name=name, storage=url)
     else:

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
-from pathlib import Path
-
 import pytest
 
 from morsearch import store
@@ -12,9 +9,7 @@ from morsearch.dashboard.reader import open_live_study, study_names
 from morsearch.errors import StorageError
 from morsearch.search.results import open_study
 
-from .conftest import fill_study, model_fields
-
-QUICKSTART = Path(__file__).parent / "assets" / "quickstart.db"
+from .conftest import copy_quickstart_store, fill_study, model_fields
 
 
 def _both(url: str, name: str) -> tuple[list, list]:
@@ -33,11 +28,7 @@ def test_records_equal_the_study_views(study_store):
 
 
 def test_records_equal_on_a_real_quickstart_store(tmp_path):
-    if not QUICKSTART.exists():
-        pytest.skip(f"{QUICKSTART} missing; see tests/dashboard_tests/assets/README.md")
-    path = tmp_path / "quickstart.db"
-    with sqlite3.connect(QUICKSTART) as source, sqlite3.connect(path) as copy:
-        source.backup(copy)
+    path = copy_quickstart_store(tmp_path / "quickstart.db")
     expected, got = _both(f"sqlite:///{path}", "quickstart")
     assert got == expected and any(t.curve for t in got)
 

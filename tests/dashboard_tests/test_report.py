@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 
 from morsearch.dashboard.report import plotly_js, write_report
 from morsearch.errors import StorageError
 
-from .conftest import fill_study
+from .conftest import copy_quickstart_store, fill_study
 
 EVIL = "</script><script>alert('pwned')</script>"
 
@@ -66,14 +65,7 @@ def test_report_of_empty_study_and_bad_store(tmp_path):
 
 
 def test_report_of_a_real_quickstart_store(tmp_path):
-    import sqlite3
-
-    asset = Path(__file__).parent / "assets" / "quickstart.db"
-    if not asset.exists():
-        pytest.skip("no quickstart asset")
-    path = tmp_path / "qs.db"
-    with sqlite3.connect(asset) as source, sqlite3.connect(path) as copy:
-        source.backup(copy)
+    path = copy_quickstart_store(tmp_path / "qs.db")
     text = write_report(f"sqlite:///{path}", None, tmp_path / "qs.html").read_text()
     assert "morsearch report: quickstart" in text and 'id="curves"' in text and 'id="routing"' in text
     assert "peak_memory [bytes]" in text and "baseline: vanilla" in text

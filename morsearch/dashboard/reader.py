@@ -14,7 +14,7 @@ hundred milliseconds:
     ms_trials         morsearch's record, curve, measurement /
 
 The rows become an Optuna ``FrozenTrial`` and a ``store.TrialRecord`` and are joined by
-``search.results._to_record``, the function ``StudyView`` uses, so both views give equal
+``search.results.join_trial_record``, the function ``StudyView`` uses, so both views give equal
 records (a test compares them). Finished trials never change in Optuna, so a refresh
 re-reads only new and unfinished trials, plus finished ones whose ms_ record had not
 arrived yet (it is written after ``tell``).
@@ -36,7 +36,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from morsearch import store
-from morsearch.search.results import StudyView, TrialRecord, _recent, _to_record, open_study
+from morsearch.search.results import StudyView, TrialRecord, finished_recently, join_trial_record, open_study
 from morsearch.store.schema import CurvePointRow, MeasurementRow, TrialRow
 
 __all__ = ["LiveStudyView", "open_live_study", "study_names"]
@@ -185,11 +185,11 @@ class LiveStudyView(StudyView):
                     self._order = sorted([*self._order, head.trial_id])
                 else:
                     self._order.append(head.trial_id)
-            self._live[head.trial_id] = _to_record(frozen, record)
+            self._live[head.trial_id] = join_trial_record(frozen, record)
             self._awaiting_ids.discard(head.trial_id)
             if head.state.is_finished():
                 self._unfinished.discard(head.trial_id)
-                if record is None and self._has_store and _recent(frozen):
+                if record is None and self._has_store and finished_recently(frozen):
                     self._awaiting_ids.add(head.trial_id)
             else:
                 self._unfinished.add(head.trial_id)

@@ -252,9 +252,9 @@ class StudyView:
             extra = self._store_records([t.number for t in changed if t.state.is_finished()])
             for trial in changed:
                 rich = extra.get(trial.number)
-                self._records[trial.number] = (trial, _to_record(trial, rich))
+                self._records[trial.number] = (trial, join_trial_record(trial, rich))
                 self._awaiting.discard(trial.number)
-                if rich is None and self._has_store and _recent(trial):
+                if rich is None and self._has_store and finished_recently(trial):
                     self._awaiting.add(trial.number)
             return [self._records[t.number][1] for t in frozen]
 
@@ -299,12 +299,12 @@ class StudyView:
         self._engine.dispose()
 
 
-def _recent(trial: FrozenTrial, window_s: float = 600.0) -> bool:
+def finished_recently(trial: FrozenTrial, window_s: float = 600.0) -> bool:
     done = trial.datetime_complete
     return done is not None and (datetime.now() - done).total_seconds() < window_s
 
 
-def _to_record(trial: FrozenTrial, rich: store.TrialRecord | None = None) -> TrialRecord:
+def join_trial_record(trial: FrozenTrial, rich: store.TrialRecord | None = None) -> TrialRecord:
     """Optuna's trial joined with its ms_ record; the record wins where both have a fact."""
     attrs = dict(trial.user_attrs)
     values = tuple(float(v) for v in trial.values) if trial.values is not None else None

@@ -300,6 +300,7 @@ class StudyView:
 
 
 def finished_recently(trial: FrozenTrial, window_s: float = 600.0) -> bool:
+    """Finished within ``window_s``: its ms_ record (written after ``tell``) may still be on its way."""
     done = trial.datetime_complete
     return done is not None and (datetime.now() - done).total_seconds() < window_s
 

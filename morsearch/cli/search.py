@@ -12,6 +12,10 @@ from rich.table import Table
 from morsearch.cli import app
 from morsearch.errors import MorsearchError
 
+# The worker's defaults, repeated here so `--help` needs no optuna import (morsearch.search.study).
+HEARTBEAT_S = 10
+GRACE_S = 60
+
 StorageOpt = Annotated[
     str | None,
     typer.Option(
@@ -34,7 +38,12 @@ def _gpu_list(text: str | None) -> list[int] | None:
 @app.command()
 def search(
     space: Annotated[Path, typer.Argument(help="Search-space YAML (e.g. search_spaces/quickstart.yaml).")],
-    workers: Annotated[int, typer.Option("--workers", "-w", help="Worker processes on this machine.")] = 1,
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers", "-w", help="Worker processes on this machine; 0 only creates the study for workers elsewhere."
+        ),
+    ] = 1,
     gpus: Annotated[
         str | None, typer.Option("--gpus", help="GPU indices for the workers, e.g. 0,1 (workers are spread over them).")
     ] = None,
@@ -62,12 +71,25 @@ def worker(
     device: Annotated[
         str | None, typer.Option("--device", help="Training device (cuda, cuda:1, cpu); default: GPU if any.")
     ] = None,
+    heartbeat: Annotated[
+        int, typer.Option("--heartbeat", help="Seconds between heartbeats of this worker's running trial.")
+    ] = HEARTBEAT_S,
+    grace: Annotated[
+        int,
+        typer.Option(
+            "--grace",
+            help="Seconds without a heartbeat after which another worker's trial counts as dead and is retried; "
+            "keep it above every worker's --heartbeat.",
+        ),
+    ] = GRACE_S,
 ) -> None:
     """Join a running study from any machine and run trials until it has enough."""
     from morsearch.search.launch import run_study_worker
 
     try:
-        summary = run_study_worker(storage or "", study, worker_index=index, device=device)
+        summary = run_study_worker(
+            storage or "", study, worker_index=index, device=device, heartbeat_interval=heartbeat, grace_period=grace
+        )
     except KeyboardInterrupt:
         typer.echo("worker stopped at once; its trial was re-enqueued")
         raise typer.Exit(130) from None

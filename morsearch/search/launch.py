@@ -18,7 +18,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +33,7 @@ from morsearch.errors import MorsearchError, StorageError
 from morsearch.search.distributions import enqueue_baselines
 from morsearch.search.samplers import make_sampler
 from morsearch.search.space import load_search_space
-from morsearch.search.study import create_study, load_study, open_storage
+from morsearch.search.study import GRACE_S, HEARTBEAT_S, create_study, load_study, open_storage
 from morsearch.search.worker import PREFILTERED_ATTR, GracefulStop, Worker, WorkerSummary
 
 # Parts of a space that may change between runs of one study without changing what it means.
@@ -117,6 +117,8 @@ def run_study_worker(
     device: str | None = None,
     early_stopping: bool | None = None,
     install_signals: bool = True,
+    heartbeat_interval: int = HEARTBEAT_S,
+    grace_period: int = GRACE_S,
 ) -> WorkerSummary:
     """One worker process of a study: read its space from the store and run trials.
 
@@ -127,9 +129,20 @@ def run_study_worker(
         device: Training device (None: the GPU when there is one).
         early_stopping: Override the space's early-stopping switch.
         install_signals: Turn Ctrl-C/SIGTERM into a graceful stop (main thread only).
+        heartbeat_interval: Seconds between the heartbeats of this worker's running trial.
+        grace_period: Seconds without a heartbeat after which this worker fails and retries
+            another worker's trial; must exceed every worker's ``heartbeat_interval``.
+
+    Raises:
+        MorsearchError: ``grace_period`` is not longer than ``heartbeat_interval``.
     """
+    if heartbeat_interval < 1 or grace_period <= heartbeat_interval:
+        raise MorsearchError(
+            f"--heartbeat {heartbeat_interval} --grace {grace_period}: give a heartbeat of at least 1 s and a "
+            "grace period longer than every worker's heartbeat, or a live trial is taken for a dead one"
+        )
     url = store.resolve_url(storage_url, study_name)
-    rdb, engine = open_storage(url)
+    rdb, engine = open_storage(url, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
     space, n_trials = load_space(engine, study_name)
     study = load_study(rdb, study_name, make_sampler(space, worker_index))
     stop = GracefulStop()
@@ -275,6 +288,24 @@ def worker_command(storage_url: str, study_name: str, index: int) -> list[str]:
     ]
 
 
+def worker_env(
+    index: int, workers: int, gpus: Sequence[int] | None, base: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The environment of local worker ``index`` of ``workers``.
+
+    With ``gpus``, worker ``i`` sees only ``gpus[i % len(gpus)]`` (``CUDA_VISIBLE_DEVICES``; its
+    ``cuda`` is that GPU), so several workers share one GPU when there are more workers than GPUs.
+    Without, CPU workers split the cores (``OMP_NUM_THREADS``) unless the caller set a thread count.
+    """
+    env = dict(os.environ if base is None else base)
+    if gpus:
+        env["CUDA_VISIBLE_DEVICES"] = str(gpus[index % len(gpus)])
+    elif "OMP_NUM_THREADS" not in env:
+        # CPU workers share the cores instead of each spawning one thread per core.
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // max(workers, 1)))
+    return env
+
+
 def launch(
     space_path: str | Path,
     *,
@@ -319,12 +350,7 @@ def launch(
     console.print(f"worker logs: {logs}")
     procs = []
     for index in range(workers):
-        env = dict(os.environ)
-        if gpus:
-            env["CUDA_VISIBLE_DEVICES"] = str(gpus[index % len(gpus)])
-        elif "OMP_NUM_THREADS" not in env:
-            # CPU workers share the cores instead of each spawning one thread per core.
-            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
+        env = worker_env(index, workers, gpus)
         log = open(logs / f"worker-{index}.log", "a")  # noqa: SIM115 (closed after the process ends)
         procs.append(
             (

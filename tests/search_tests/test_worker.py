@@ -1,24 +1,31 @@
 """Workers against real storages: exact totals, crash retry, failures, interrupts.
 
-The objectives here are small real computations (no mocks); the proxy-training
-objective has its own tests in test_objective.py.
+The concurrency and crash tests run real ``morsearch worker`` processes on tiny
+CPU proxies (the real ``SearchObjective``: proxy training and measurement, one
+torch thread each); the tests of the worker's bookkeeping use small instant
+objectives (no mocks).
 """
 
 from __future__ import annotations
 
+import io
 import multiprocessing as mp
 import os
+import re
 import signal
+import subprocess
 import time
 from pathlib import Path
 
 import optuna
 import pytest
 from optuna.trial import TrialState
+from rich.console import Console
 from store_tests.pg import pg_schema_url
 
 from morsearch import store
 from morsearch.errors import TrainingError
+from morsearch.search.launch import launch, worker_command
 from morsearch.search.study import create_study, open_storage
 from morsearch.search.worker import (
     GracefulStop,
@@ -29,6 +36,7 @@ from morsearch.search.worker import (
     counted_trials,
     run_worker,
 )
+from search_tests.test_objective import TINY_BUDGET, tiny_space_file
 
 DIRECTIONS = ("minimize", "minimize")
 
@@ -57,40 +65,78 @@ def _two_objectives(trial: optuna.Trial, pause: float = 0.02) -> tuple[float, fl
     return x**2 + y / 100, (1 - x) ** 2 + (100 - y) / 100
 
 
-def _worker_process(url: str, n_trials: int, out, marker: str | None = None) -> None:
-    """One worker; with ``marker``, its first trial announces itself and then hangs (to be killed)."""
-    first = [True]
-
-    def objective(trial: optuna.Trial):
-        values = _two_objectives(trial)
-        if marker and first[0]:
-            first[0] = False
-            Path(marker).write_text(str(trial.number))
-            time.sleep(600)
-        return values
-
-    summary = run_worker(url, "w", objective, n_trials, heartbeat_interval=1, grace_period=2, poll_seconds=0.2)
+def _worker_process(url: str, n_trials: int, out) -> None:
+    summary = run_worker(url, "w", _two_objectives, n_trials, heartbeat_interval=1, grace_period=2, poll_seconds=0.2)
     out.put(summary.trial_numbers)
 
 
-def _finished(url: str) -> list[optuna.trial.FrozenTrial]:
-    return optuna.load_study(study_name="w", storage=url).get_trials(deepcopy=False)
+def _finished(url: str, name: str = "w") -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name=name, storage=url).get_trials(deepcopy=False)
 
 
-def test_eight_workers_run_exactly_n_trials(storage_url: str) -> None:
-    _new_study(storage_url)
-    ctx = mp.get_context("fork")
-    out = ctx.Queue()
-    procs = [ctx.Process(target=_worker_process, args=(storage_url, 24, out)) for _ in range(8)]
-    for p in procs:
-        p.start()
-    numbers = [n for _ in procs for n in out.get(timeout=240)]
-    for p in procs:
-        p.join(timeout=30)
-        assert p.exitcode == 0
-    trials = _finished(storage_url)
-    assert len(trials) == 24 and all(t.state == TrialState.COMPLETE for t in trials)
-    assert sorted(numbers) == list(range(24))  # every trial run by exactly one worker
+@pytest.fixture
+def real_workers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Worker processes of this checkout, one torch thread each, logs under ``tmp_path``."""
+    monkeypatch.chdir(tmp_path)  # launch's worker logs of a PostgreSQL study go to ./trials/
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    root = str(Path(__file__).parents[2])
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+    return tmp_path
+
+
+def _real_space(folder: Path, n_trials: int, **budget) -> Path:
+    # Early stopping off: every trial must end COMPLETE, so the totals below are exact.
+    return tiny_space_file(
+        folder, n_trials=n_trials, budget={**TINY_BUDGET, **budget}, early_stopping={"enabled": False}
+    )
+
+
+def _check_records_match(url: str, trials: list[optuna.trial.FrozenTrial]) -> list[store.TrialRecord]:
+    """morsearch's rows: one per finished trial, same number, state, values and config as in Optuna."""
+    records = store.read_trials(store.get_engine(url), "tiny")
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert sorted(r.trial_number for r in records) == [t.number for t in complete]
+    by_number = {r.trial_number: r for r in records}
+    for trial in complete:
+        record = by_number[trial.number]
+        assert record.state == "complete" and record.optuna_trial_id == trial._trial_id
+        assert [record.objectives[name] for name in ("val_nll", "peak_memory", "decode_tokens_per_s")] == trial.values
+        assert record.model_config == trial.user_attrs["model_config"]
+        assert record.config_hash == trial.user_attrs["config_hash"]
+        assert len(record.curve) >= 2 and record.measurement["decode_tokens_per_s"] > 0
+        assert record.hardware["cpu_threads"] == 1  # OMP_NUM_THREADS reached the worker's torch
+    return records
+
+
+def test_eight_workers_run_exactly_n_trials(storage_url: str, real_workers: Path) -> None:
+    n_trials, workers = 10, 8
+    out = io.StringIO()
+    progress = launch(
+        _real_space(real_workers, n_trials),
+        workers=workers,
+        storage=storage_url,
+        console=Console(file=out, width=200),
+        refresh_seconds=0.5,
+    )
+    assert (progress.complete, progress.failed, progress.running, progress.waiting) == (n_trials, 0, 0, 0)
+    assert f"{n_trials}/{n_trials} · {n_trials} done · 0 running · 0 failed" in out.getvalue()
+    trials = _finished(storage_url, "tiny")
+    assert [t.number for t in trials] == list(range(n_trials))  # nothing asked beyond the total
+    assert all(t.state == TrialState.COMPLETE for t in trials), [t.user_attrs.get("failure_detail") for t in trials]
+    assert {t.user_attrs.get("baseline") for t in trials[:2]} == {"vanilla", "recursive"}
+    assert len({t.user_attrs["config_hash"] for t in trials}) == n_trials  # no configuration ran twice
+    records = _check_records_match(storage_url, trials)
+    # Every trial was run by exactly one worker, and the workers really shared the study.
+    done = [_worker_done(log) for log in sorted(real_workers.glob("**/tiny-logs/worker-*.log"))]
+    assert len(done) == workers and sum(done) == n_trials
+    assert len({r.worker for r in records}) >= 2
+
+
+def _worker_done(log: Path) -> int:
+    """Trials a worker completed, from the line ``morsearch worker`` ends with."""
+    match = re.search(r"worker done: (\d+) complete", log.read_text())
+    assert match, log.read_text()[-2000:]
+    return int(match.group(1))
 
 
 def test_sqlite_two_workers_and_restart_continues(tmp_path: Path) -> None:
@@ -112,33 +158,50 @@ def test_sqlite_two_workers_and_restart_continues(tmp_path: Path) -> None:
     store.dispose_engines()
 
 
-def test_killed_worker_trial_is_retried_and_completes(storage_url: str, tmp_path: Path) -> None:
-    _new_study(storage_url)
-    ctx = mp.get_context("fork")
-    out = ctx.Queue()
-    marker = tmp_path / "started"
-    doomed = ctx.Process(target=_worker_process, args=(storage_url, 4, out, str(marker)))
-    doomed.start()
-    deadline = time.monotonic() + 120
-    while not marker.exists():
-        assert time.monotonic() < deadline, "the doomed worker never started a trial"
-        time.sleep(0.05)
-    killed_number = int(marker.read_text())
+def _start_worker(url: str, index: int, log: Path) -> subprocess.Popen:
+    # Heartbeat every second, dead after 4 s without one: a killed trial is retried within seconds.
+    command = [*worker_command(url, "tiny", index), "--heartbeat", "1", "--grace", "4"]
+    with open(log, "w") as handle:
+        return subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT)
+
+
+def test_killed_worker_trial_is_retried_and_completes(storage_url: str, real_workers: Path) -> None:
+    n_trials = 3
+    # Wall-clock budget: every trial trains for 1.5 s, so the kill lands inside the training.
+    space = _real_space(real_workers, n_trials, kind="seconds", value=1.5)
+    launch(space, workers=0, storage=storage_url, console=Console(file=io.StringIO()))
+    doomed = _start_worker(storage_url, 0, real_workers / "doomed.log")
+    study = optuna.load_study(study_name="tiny", storage=storage_url)
+    deadline = time.monotonic() + 60
+    while True:  # the objective sets model_config right before it starts training
+        running = [t for t in study.get_trials() if t.state == TrialState.RUNNING and "model_config" in t.user_attrs]
+        if running:
+            break
+        assert time.monotonic() < deadline and doomed.poll() is None, (real_workers / "doomed.log").read_text()
+        time.sleep(0.1)
+    time.sleep(0.3)
     os.kill(doomed.pid, signal.SIGKILL)
-    doomed.join()
-    # A second worker sweeps the stale trial, re-runs its parameters and finishes the study.
-    survivor = ctx.Process(target=_worker_process, args=(storage_url, 4, out))
-    survivor.start()
-    out.get(timeout=120)
-    survivor.join(timeout=30)
-    trials = _finished(storage_url)
-    killed = trials[killed_number]
-    retries = [t for t in trials if t.system_attrs.get("failed_trial") == killed_number]
-    assert killed.state == TrialState.FAIL
-    assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE
-    assert retries[0].params == killed.params
-    assert counted_trials(trials) == 4
-    assert sum(t.state == TrialState.COMPLETE for t in trials) == 4
+    assert doomed.wait(timeout=30) == -signal.SIGKILL
+    (killed,) = running
+    assert _finished(storage_url, "tiny")[killed.number].state == TrialState.RUNNING  # killed mid-trial
+    assert store.read_trial(store.get_engine(storage_url), "tiny", killed.number) is None
+
+    # Another worker finds the trial stale, fails it, re-runs its parameters and finishes the study.
+    survivor = _start_worker(storage_url, 1, real_workers / "survivor.log")
+    assert survivor.wait(timeout=120) == 0, (real_workers / "survivor.log").read_text()[-3000:]
+    assert _worker_done(real_workers / "survivor.log") == n_trials
+    trials = _finished(storage_url, "tiny")
+    killed = trials[killed.number]
+    (retry,) = [t for t in trials if t.system_attrs.get("failed_trial") == killed.number]
+    assert killed.state == TrialState.FAIL and retry.state == TrialState.COMPLETE
+    assert retry.params == killed.params and retry.user_attrs["config_hash"] == killed.user_attrs["config_hash"]
+    assert retry.user_attrs.get("reused_from") is None  # trained again: the killed run left no result
+    # Exactly n_trials count: the killed one and its retry once, nothing else failed or duplicated.
+    assert counted_trials(trials) == n_trials and len(trials) == n_trials + 1
+    assert [t.number for t in trials if t.state != TrialState.COMPLETE] == [killed.number]
+    originals = [t for t in trials if "failed_trial" not in t.system_attrs]
+    assert len({t.user_attrs["config_hash"] for t in originals}) == n_trials
+    _check_records_match(storage_url, trials)
 
 
 def test_failures_are_recorded_and_the_worker_goes_on(tmp_path: Path) -> None:

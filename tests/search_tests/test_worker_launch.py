@@ -68,11 +68,41 @@ def test_status_without_a_store_says_how_to_start(in_tmp: Path) -> None:
         status_of(None, "nothing-here")
 
 
-@pytest.mark.slow
-def test_quickstart_finishes_on_cpu(in_tmp: Path) -> None:
+def test_quickstart_finishes_on_cpu(in_tmp: Path, capsys) -> None:
+    """The README's first command, unchanged: the shipped quickstart space with 2 workers (about a minute)."""
     shutil.copy(ROOT / "search_spaces" / "quickstart.yaml", in_tmp / "quickstart.yaml")
     progress = launch(in_tmp / "quickstart.yaml", workers=2)
-    assert progress.done == progress.n_trials and progress.failed == 0 and progress.front
+    url = f"sqlite:///{in_tmp / 'trials' / 'quickstart.db'}"
+    study = optuna.load_study(study_name="quickstart", storage=url)
+    trials = study.get_trials(deepcopy=False)
+    details = {t.number: t.user_attrs.get("failure_detail") for t in trials if t.state == TrialState.FAIL}
+    assert progress.done == progress.n_trials == 16 and progress.failed == 0, details
+    assert progress.front and progress.hypervolume > 0 and progress.running == progress.waiting == 0
+    # Every finished trial has its rich record, in the same state; completed ones are fully measured.
+    finished = {t.number: t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)}
+    assert len(finished) == progress.complete + progress.pruned
+    records = {r.trial_number: r for r in store.read_trials(store.get_engine(url), "quickstart")}
+    assert set(finished) <= set(records)
+    for number, trial in finished.items():
+        record = records[number]
+        assert record.state == trial.state.name.lower() and record.model_config == trial.user_attrs["model_config"]
+        assert record.curve and record.phase_seconds["trial"] > 0
+        if trial.state == TrialState.COMPLETE:
+            assert len(record.curve) >= 2 and record.curve[-1][1] == record.val_nll
+            assert [record.objectives[name] for name in study.metric_names] == trial.values
+            assert record.measurement["peak_memory_bytes"] > 0
+    # status and export work on the finished store.
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exited:
+        main(["status", "--study", "quickstart"])
+    assert exited.value.code in (0, None)
+    assert f"{progress.n_trials}/{progress.n_trials} finished" in capsys.readouterr().out
+    pick = progress.front[0].number
+    with pytest.raises(SystemExit) as exited:
+        main(["export", "--study", "quickstart", "--trial", str(pick), "--out", str(in_tmp / "picked.yaml")])
+    assert exited.value.code == 0
+    exported = load_config(in_tmp / "picked.yaml", ModelConfig, section="model")
+    assert exported.model_dump(mode="json") == finished[pick].user_attrs["model_config"]
 
 
 def test_ctrl_c_stops_a_worker_cleanly_and_requeues_its_trial(in_tmp: Path) -> None:

@@ -39,6 +39,7 @@ import yaml
 from benchmarks.common import target, write_result
 from morsearch import store
 from morsearch.config.space import SearchSpace
+from morsearch.errors import MorsearchError
 from morsearch.search.distributions import enqueue_baselines
 from morsearch.search.launch import feasible, hypervolume, pareto_front, reference_point
 from morsearch.search.objective import SearchObjective
@@ -84,7 +85,12 @@ def run_search(space: SearchSpace, run: str, seed: int, folder: Path, n_trials: 
         varied, study, engine, early_stopping=not (stock or no_es), reuse=not stock, prefilter=not stock
     )
     started = time.perf_counter()
-    Worker(study, rdb, engine, objective, n_trials).run()
+    error = None
+    try:
+        Worker(study, rdb, engine, objective, n_trials).run()
+    except MorsearchError as exc:  # e.g. a sampler that keeps proposing configurations beyond the caps
+        error = str(exc)
+        print(f"{space.study_name:12s} seed {seed} {run:12s} stopped: {error}", flush=True)
     wall = time.perf_counter() - started
     history = []
     seconds = 0.0
@@ -107,7 +113,7 @@ def run_search(space: SearchSpace, run: str, seed: int, folder: Path, n_trials: 
         )
     rdb.engine.dispose()
     store.dispose_engines()
-    return {"run": run, "seed": seed, "wall_seconds": wall, "history": history}
+    return {"run": run, "seed": seed, "wall_seconds": wall, "history": history, "error": error}
 
 
 def seconds_to_reach(history: list[dict[str, Any]], level: float) -> float:

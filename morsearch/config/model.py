@@ -16,8 +16,8 @@ Terms follow the MoR paper (Bae et al., 2025):
   ``none`` (every token every step: the plain recursive transformer),
   ``expert_choice`` (a router per step keeps the top ``capacity`` share of the
   tokens that survived the previous step) or ``token_choice`` (one router picks
-  each token's depth once). Router options given with ``router: none`` are
-  refused rather than silently ignored.
+  each token's depth once). Router options given with ``router: none``, and one
+  router type's options given to the other, are refused rather than silently ignored.
 * ``kv_strategy``: ``recursion_wise`` caches K/V per recursion step, only for the
   tokens active at that step (with ``router: none`` that is the plain per-step
   cache of a recursive model); ``recursive_sharing`` caches the first step's K/V
@@ -68,6 +68,14 @@ ROUTER_FIELDS = (
     "balancing_update_rate",
     "router_z_loss_coeff",
 )
+# Fields that only one router type reads (``capacities`` is checked with its own values below).
+SINGLE_ROUTER_FIELDS = {
+    "capacity_schedule": "expert_choice",
+    "router_aux_loss_coeff": "expert_choice",
+    "balancing": "token_choice",
+    "balancing_coeff": "token_choice",
+    "balancing_update_rate": "token_choice",
+}
 
 
 class ModelConfig(FrozenConfig):
@@ -170,7 +178,12 @@ class ModelConfig(FrozenConfig):
     def _router_problems(self) -> list[str]:
         if self.router == "none":
             return self._ignored_router_fields()
-        problems = []
+        problems = [
+            f"{name}={getattr(self, name)!r} applies to router='{owner}' only and has no effect with "
+            f"router='{self.router}'; remove {name}, or set router='{owner}'"
+            for name, owner in SINGLE_ROUTER_FIELDS.items()
+            if owner != self.router and self._set_to_a_non_default(name)
+        ]
         if self.sharing not in CYCLE_SHARINGS:
             problems.append(
                 f"router='{self.router}' needs a whole-block recursion step to route tokens through, "
@@ -207,14 +220,14 @@ class ModelConfig(FrozenConfig):
     def _ignored_router_fields(self) -> list[str]:
         """Router options given with router='none', which builds no router and would ignore them.
 
-        Only fields the user set (``model_fields_set``) are checked, and a set value equal to the
-        default is accepted: it changes nothing, and a full ``model_dump()`` (as trial records
-        store it) must load again.
+        Here and for the options of the other router type, only fields the user set
+        (``model_fields_set``) are checked, and a set value equal to the default is accepted:
+        it changes nothing, and a full ``model_dump()`` (as trial records store it) must load again.
         """
         problems = []
         for name in ROUTER_FIELDS:
-            value = getattr(self, name)
-            if name in self.model_fields_set and value != type(self).model_fields[name].default:
+            if self._set_to_a_non_default(name):
+                value = getattr(self, name)
                 shown = list(value) if isinstance(value, tuple) else value
                 problems.append(
                     f"{name}={shown!r} has no effect with router='none' (every token takes every recursion "
@@ -222,6 +235,9 @@ class ModelConfig(FrozenConfig):
                     "'token_choice' to use it"
                 )
         return problems
+
+    def _set_to_a_non_default(self, name: str) -> bool:
+        return name in self.model_fields_set and getattr(self, name) != type(self).model_fields[name].default
 
     # --- derived values ---------------------------------------------------------
     @property

@@ -90,7 +90,31 @@ def test_router_options_without_a_router_are_refused(field, value, shown):
     message = str(info.value)
     assert f"{field}={shown} has no effect with router='none'" in message
     assert f"remove {field}, or set router='expert_choice' or 'token_choice'" in message
-    ModelConfig(**RECURSIVE, router="expert_choice" if field != "balancing" else "token_choice", **{field: value})
+    from morsearch.config.model import SINGLE_ROUTER_FIELDS
+
+    ModelConfig(**RECURSIVE, router=SINGLE_ROUTER_FIELDS.get(field, "expert_choice"), **{field: value})
+
+
+@pytest.mark.parametrize(
+    "field, value, owner",
+    [
+        ("capacity_schedule", "geometric", "expert_choice"),
+        ("router_aux_loss_coeff", 0.01, "expert_choice"),
+        ("balancing", "loss_free", "token_choice"),
+        ("balancing_coeff", 0.3, "token_choice"),
+        ("balancing_update_rate", 0.01, "token_choice"),
+    ],
+)
+def test_options_of_the_other_router_are_refused(field, value, owner):
+    other = "token_choice" if owner == "expert_choice" else "expert_choice"
+    with pytest.raises(ConfigError) as info:
+        ModelConfig(**RECURSIVE, router=other, **{field: value})
+    message = str(info.value)
+    assert f"{field}={value!r} applies to router='{owner}' only and has no effect with router='{other}'" in message
+    assert f"remove {field}, or set router='{owner}'" in message
+    trained = ModelConfig(**RECURSIVE, router=owner, **{field: value})
+    assert ModelConfig(**trained.model_dump(mode="json")) == trained  # a stored full dump loads again
+    ModelConfig(**RECURSIVE, router=other, **{field: ModelConfig.model_fields[field].default})  # a default is fine
 
 
 def test_router_fields_cover_every_router_option():

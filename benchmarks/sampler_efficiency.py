@@ -15,8 +15,13 @@ trials) is recorded after every trial, against the trial count and against the
 device seconds spent so far (a reused or rejected trial costs none).
 
 Target (issue 6): morsearch's default (the space's sampler with early stopping,
-pre-filtering and reuse) reaches 90 % of the best final hypervolume seen in any run
-in at most half the device seconds stock Optuna needs (medians over seeds).
+pre-filtering and reuse) reaches 90 % of the best final hypervolume in at most half
+the device seconds stock Optuna needs. Each run is summarised over seeds by medians,
+so "the best final hypervolume" is the best run's median final hypervolume (one
+lucky seed of one run would set a level no median reaches), and the device seconds
+to reach 90 % of it are the median over seeds. Where stock's median run never
+reaches the level, stock needs more than its whole run, so the ratio reported is an
+upper bound: the default's seconds over stock's total.
 
 Run: ``python -m benchmarks.sampler_efficiency`` (quickstart space, 3 seeds; add
 ``--spaces quickstart paper`` on a GPU), or ``--quick`` (a shrunken quickstart, 1 seed,
@@ -159,24 +164,30 @@ def main() -> None:
                         flush=True,
                     )
                     results.append(result)
-            best = max((r["history"][-1]["hypervolume"] or 0.0) for r in results if r["history"])
-            level = 0.9 * best
             summary = {}
             for run in runs:
-                mine = [r for r in results if r["run"] == run]
+                mine = [r for r in results if r["run"] == run and r["history"]]
                 summary[run] = {
                     "final_hypervolume_median": float(np.median([r["history"][-1]["hypervolume"] or 0 for r in mine])),
                     "device_seconds_median": float(np.median([r["history"][-1]["device_seconds"] for r in mine])),
-                    "seconds_to_90pct_median": float(np.median([seconds_to_reach(r["history"], level) for r in mine])),
                 }
-            raw["spaces"][space.study_name] = {"best_final_hypervolume": best, "summary": summary, "runs": results}
+            best = max(numbers["final_hypervolume_median"] for numbers in summary.values())
+            for run, numbers in summary.items():
+                mine = [r for r in results if r["run"] == run and r["history"]]
+                reach = [seconds_to_reach(r["history"], 0.9 * best) for r in mine]
+                numbers["seconds_to_90pct_median"] = float(np.median(reach))
+            raw["spaces"][space.study_name] = {"best_median_final_hypervolume": best, "summary": summary, "runs": results}
             default, stock = summary[space.sampler.name], summary["stock"]
-            ratio = default["seconds_to_90pct_median"] / stock["seconds_to_90pct_median"]
-            if math.isnan(ratio):  # both never reached it
-                ratio = math.inf
+            stock_seconds = stock["seconds_to_90pct_median"]
+            stock_reached = math.isfinite(stock_seconds)
+            if not stock_reached:  # stock needs more than its whole run: an upper bound on the ratio
+                stock_seconds = stock["device_seconds_median"]
+            ratio = default["seconds_to_90pct_median"] / stock_seconds
+            raw["spaces"][space.study_name]["ratio_is_upper_bound"] = not stock_reached
             targets.append(
                 target(
-                    f"{space.study_name}: morsearch default / stock Optuna device seconds to 90 % of best HV",
+                    f"{space.study_name}: morsearch default / stock Optuna device seconds to 90 % of best median HV"
+                    + ("" if stock_reached else " (stock never reached it: at most)"),
                     ratio,
                     0.5,
                     higher_is_better=False,

@@ -95,7 +95,7 @@ def worker(
         raise typer.Exit(130) from None
     typer.echo(
         f"worker done: {summary.completed} complete, {summary.pruned} stopped early, "
-        f"{summary.failed} failed, {summary.interrupted} interrupted"
+        f"{summary.failed} failed, {summary.interrupted} interrupted, {summary.rejected} rejected by caps"
     )
 
 

@@ -26,7 +26,7 @@ import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from morsearch.config import DataConfig, DeploymentTarget, ModelConfig, TrainBudget
 from morsearch.config.model import MIDDLE_SHARINGS
@@ -328,7 +328,15 @@ def analytic_lower_bounds(spec: TrialSpec) -> dict[str, tuple[float, bool]]:
     }
 
 
-def violates_caps(spec: TrialSpec, space: SearchSpace) -> list[str]:
+class CapBreak(NamedTuple):
+    """A cap a configuration breaks before training: Optuna's constraint name and value."""
+
+    name: str
+    violation: float  # > 0: by how much (base units) the analytic bound is beyond the cap
+    message: str
+
+
+def violates_caps(spec: TrialSpec, space: SearchSpace) -> list[CapBreak]:
     """The caps of ``space`` that ``spec`` breaks before any training (empty: train it).
 
     Optuna's constraints are soft, so a configuration whose analytic lower bound
@@ -344,5 +352,6 @@ def violates_caps(spec: TrialSpec, space: SearchSpace) -> list[str]:
         under = constraint.op == ">=" and exact and value < constraint.bound
         if over or under:
             kind = "" if exact else "at least "
-            broken.append(f"{constraint.text}: this configuration needs {kind}{value:,.0f}")
+            message = f"{constraint.text}: this configuration needs {kind}{value:,.0f}"
+            broken.append(CapBreak(constraint.name, constraint.violation(value), message))
     return broken

@@ -228,7 +228,10 @@ def study_progress(
     durations = [
         (t.datetime_complete - t.datetime_start).total_seconds()
         for t in trials
-        if t.state in (TrialState.COMPLETE, TrialState.PRUNED) and t.datetime_start and t.datetime_complete
+        if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+        and t.number not in rejected
+        and t.datetime_start
+        and t.datetime_complete
     ]
     done = by_state[TrialState.COMPLETE] + by_state[TrialState.PRUNED] + failed
     remaining = max(n_trials - done, 0)

@@ -2,8 +2,8 @@
 
 ::
 
-    suggest(trial, space) ─▶ TrialSpec ─▶ violates_caps? ── yes ─▶ FAIL "infeasible" (no training, not counted)
-                                            │ no
+    suggest(trial, space) ─▶ TrialSpec ─▶ violates_caps? ── yes ─▶ PRUNED "infeasible" + constraint values
+                                            │ no                       (no training, not counted)
                                             ▼
                            identical config already trained? ── yes ─▶ reuse its metrics (COMPLETE)
                                             │ no
@@ -150,9 +150,13 @@ class SearchObjective:
 
         broken = violates_caps(spec, self.space) if self.prefilter else []
         if broken:
-            detail = "; ".join(broken)
+            # PRUNED with its constraint values, not FAIL: samplers ignore failed trials, while
+            # TPE ranks a pruned infeasible one among its bad trials and so learns to avoid it.
+            for cap in broken:
+                trial.set_constraint(cap.name, cap.violation)
+            detail = "; ".join(cap.message for cap in broken)
             return Outcome(
-                TrialState.FAIL,
+                TrialState.PRUNED,
                 record=store.TrialRecord(**base, state="failed", failure_reason="infeasible", failure_detail=detail),
                 attrs={PREFILTERED_ATTR: True, "failure_reason": "infeasible", "failure_detail": detail},
             )

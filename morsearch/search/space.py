@@ -130,7 +130,7 @@ def _probe(space: SearchSpace) -> _Probe:
             continue
         reasons = violates_caps(spec, space)
         probe.n_capped += bool(reasons)
-        probe.capped.update(reason.split(":")[0] for reason in reasons)
+        probe.capped.update(reason.name for reason in reasons)
         steps = planned_steps(spec)
         if steps is not None and not reasons:
             probe.steps.append(steps)

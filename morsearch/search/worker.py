@@ -58,7 +58,7 @@ class Outcome:
     """What an objective returns: Optuna's verdict and morsearch's record of the trial.
 
     Attributes:
-        state: COMPLETE (with ``values``), PRUNED (stopped early) or FAIL.
+        state: COMPLETE (with ``values``), PRUNED (stopped early, or rejected by a cap) or FAIL.
         values: Objective values in the study's order (COMPLETE only).
         record: The rich record written to the store after ``tell``; ``None`` writes none.
         attrs: User attributes set on the trial before ``tell``.
@@ -80,6 +80,7 @@ class WorkerSummary:
     completed: int = 0
     pruned: int = 0
     failed: int = 0
+    rejected: int = 0  # broke a cap before training (told as PRUNED, never trained)
     interrupted: int = 0
     trial_numbers: list[int] = dataclasses.field(default_factory=list)
 
@@ -297,7 +298,9 @@ class Worker:
             else:
                 with _quiet():
                     self.study.tell(trial, state=outcome.state)
-                self.summary.pruned += outcome.state == TrialState.PRUNED
+                rejected = bool(outcome.attrs.get(PREFILTERED_ATTR))
+                self.summary.rejected += rejected
+                self.summary.pruned += outcome.state == TrialState.PRUNED and not rejected
                 self.summary.failed += outcome.state == TrialState.FAIL
             if outcome.record is not None:
                 store.write_trial(self.engine, outcome.record)

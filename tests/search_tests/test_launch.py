@@ -187,7 +187,8 @@ def busy_study() -> optuna.Study:
     add(_trial(TrialState.FAIL, seconds=5))  # 5: died, retried by 6
     add(_trial(TrialState.WAITING, system_attrs={"failed_trial": 5, "retry_history": [5]}))  # 6
     add(_trial(TrialState.FAIL, seconds=5, user_attrs={"failure_reason": "nan"}))  # 7: a real failure
-    add(_trial(TrialState.FAIL, user_attrs={"prefiltered": True}))  # 8: rejected before training
+    rejected = {"constraints:params_unique <= 1M": 2e5}
+    add(_trial(TrialState.PRUNED, seconds=1, user_attrs={"prefiltered": True}, system_attrs=rejected))  # 8: by a cap
     add(_trial(TrialState.RUNNING))  # 9
     return study
 

@@ -114,9 +114,12 @@ def test_config_breaking_a_cap_is_rejected_before_training(tmp_path: Path) -> No
 
     objective = SearchObjective(space, study, engine, train=refuse, measure=refuse)
     study.enqueue_trial({"params_unique": 29_000})
-    outcome = objective(study.ask())
-    assert outcome.state == TrialState.FAIL and outcome.attrs[PREFILTERED_ATTR]
+    trial = study.ask()
+    outcome = objective(trial)
+    assert outcome.state == TrialState.PRUNED and outcome.attrs[PREFILTERED_ATTR]
     assert "params_unique <= 20k" in outcome.record.failure_detail
+    # The constraint value is the analytic excess, so TPE ranks the trial among its infeasible ones.
+    assert study._storage.get_trial(trial._trial_id).constraints == {"params_unique <= 20k": pytest.approx(9_000, rel=0.05)}
     assert outcome.record.failure_reason == "infeasible"
     rdb.engine.dispose()
     store.dispose_engines()

@@ -25,7 +25,7 @@ from store_tests.pg import pg_schema_url
 
 from morsearch import store
 from morsearch.errors import TrainingError
-from morsearch.search.launch import launch, worker_command
+from morsearch.search.launch import feasible, launch, worker_command
 from morsearch.search.study import create_study, open_storage
 from morsearch.search.worker import (
     PREFILTERED_ATTR,
@@ -124,7 +124,8 @@ def test_eight_workers_run_exactly_n_trials(storage_url: str, real_workers: Path
     # A configuration beyond the space's cap is rejected before training and counts toward no total.
     every = _finished(storage_url, "tiny")
     rejected = [t for t in every if t.user_attrs.get(PREFILTERED_ATTR)]
-    assert all(t.state == TrialState.FAIL and t.user_attrs["failure_reason"] == "infeasible" for t in rejected)
+    assert all(t.state == TrialState.PRUNED and t.user_attrs["failure_reason"] == "infeasible" for t in rejected)
+    assert all(not feasible(t) for t in rejected)  # told with their constraint values, for the sampler
     trials = [t for t in every if not t.user_attrs.get(PREFILTERED_ATTR)]
     assert len(trials) == n_trials  # nothing asked beyond the total
     assert all(t.state == TrialState.COMPLETE for t in trials), [t.user_attrs.get("failure_detail") for t in trials]
@@ -312,11 +313,38 @@ def test_worker_refuses_a_space_that_breaks_its_caps(tmp_path: Path) -> None:
 
     def objective(trial: optuna.Trial) -> Outcome:
         trial.suggest_float("x", 0.0, 1.0)
-        return Outcome(TrialState.FAIL, attrs={"prefiltered": True, "failure_reason": "infeasible"})
+        trial.set_constraint("cap", 1.0)
+        return Outcome(TrialState.PRUNED, attrs={PREFILTERED_ATTR: True, "failure_reason": "infeasible"})
 
     storage, engine = open_storage(url)
     study = optuna.load_study(study_name="w", storage=storage)
     worker = Worker(study, storage, engine, objective, 2, max_prefiltered=5)
     with pytest.raises(Exception, match="broke the space's caps"):
         worker.run()
+    store.dispose_engines()
+
+
+def test_tpe_learns_to_avoid_configurations_rejected_by_a_cap(tmp_path: Path) -> None:
+    """Rejections are told as PRUNED with their constraint values (as SearchObjective does):
+    TPE then ranks them among its bad trials. Told as FAIL, TPE ignores them and, here,
+    proposes the rejected region over and over (measured: 90-100 % of proposals)."""
+    url = f"sqlite:///{tmp_path / 'tpe.db'}"
+    storage, engine = open_storage(url)
+    study, _ = create_study(storage, engine, "w", DIRECTIONS, ("f1", "f2"), sampler=optuna.samplers.TPESampler(seed=0))
+    proposals: list[float] = []
+
+    def objective(trial: optuna.Trial) -> Outcome:
+        x, y = trial.suggest_float("x", 0.0, 1.0), trial.suggest_float("y", 0.0, 1.0)
+        proposals.append(x)
+        if x > 0.4:  # beyond the cap: 60 % of the space
+            trial.set_constraint("cap", x - 0.4)
+            return Outcome(TrialState.PRUNED, attrs={PREFILTERED_ATTR: True, "failure_reason": "infeasible"})
+        return Outcome(TrialState.COMPLETE, ((x - 0.2) ** 2 + y, x + 1 - y))
+
+    summary = Worker(study, storage, engine, objective, 30).run()
+    assert summary.completed == 30 and summary.pruned == 0  # rejections count toward nothing ...
+    assert summary.rejected == len(proposals) - 30  # ... and are reported as such
+    after_startup = proposals[10:]
+    assert sum(x > 0.4 for x in after_startup) / len(after_startup) < 0.3
+    storage.engine.dispose()
     store.dispose_engines()

@@ -14,10 +14,10 @@ proxies at m x P and scores each against the same 10 P reference, to find the sm
 budget whose ranking holds. A CPU run of the 14 structures at tiny widths (--quick
 --all-configs --proxy-flops 1e10) gave tau 0.17 at P (40 steps) and 0.65 at 3 P against
 10 P: proxies of a few dozen steps rank by early learning speed, not by final quality.
-On an H200, ``--proxy-flops 1e12 --multipliers 1 3 10 30 100`` (the committed result)
-gave tau 0.56 (1e12 vs 1e13), 0.38 (3e12 vs 3e13) and 0.67 (1e13 vs 1e14): no budget of
-the ladder holds; docs/DATA.md says why (the corpus saturates, and its skills are learnt
-in jumps).
+On an H200, ``--proxy-flops 3e13 --multipliers 1 0.33333333333 3.33333333333 --jobs 14``
+(the committed result: 1e13, 3e13, 1e14 and 3e14 FLOPs) gave tau 0.60 (1e13 vs 1e14) and
+0.65 (3e13 vs 3e14); between budgets 3.3x apart, 0.74-0.78. No budget holds over 10x;
+docs/DATA.md says why (equal FLOPs favour larger models as the budget grows).
 
 Trials are small, so several share the GPU at once (``--jobs``, separate processes).
 """

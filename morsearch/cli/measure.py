@@ -44,7 +44,7 @@ def measure(
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
     decoder: Annotated[
         str, typer.Option(help="Decoder: depthwise, depthwise_deferred, lockstep or reference.")
-    ] = "depthwise",
+    ] = "lockstep",
     seed: Annotated[int, typer.Option(help="Seed of the random weights and prompt.")] = 0,
 ) -> None:
     """Measure a model's memory and throughput on a deployment target (random weights)."""

@@ -32,7 +32,7 @@ def test_measure_json(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     record = json.loads(result.output)
     assert record["target"]["batch_size"] == 2 and record["batch_size"] == 2
-    assert record["decoder"] == "depthwise" and record["decode_tokens_per_s"] > 0
+    assert record["decoder"] == "lockstep" and record["decode_tokens_per_s"] > 0
     assert record["kv_cache_bytes"] > 0 and len(record["step_token_fraction"]) == 3
 
 

@@ -24,7 +24,7 @@ def mor_config(tiny_model_config: ModelConfig) -> ModelConfig:
 def test_measure_a_config(mor_config: ModelConfig) -> None:
     m = measure(mor_config, TARGET)
     assert isinstance(m, Measurement)
-    assert (m.batch_size, m.prompt_len, m.new_tokens, m.decoder) == (3, 6, 8, "depthwise")
+    assert (m.batch_size, m.prompt_len, m.new_tokens, m.decoder) == (3, 6, 8, "lockstep")
     assert m.device.startswith("cpu")
     # the medians and spreads are those of the raw repeats
     assert len(m.decode_seconds) == len(m.prefill_seconds) == 3
@@ -40,7 +40,7 @@ def test_measure_a_config(mor_config: ModelConfig) -> None:
     model = build_model(mor_config)
     assert m.param_bytes == sum(p.numel() * 4 for p in model.parameters())
     prompt = torch.zeros(3, 6, dtype=torch.long)
-    assert m.kv_cache_bytes == DECODERS["depthwise"](model.eval()).generate(prompt, 8).cache_bytes > 0
+    assert m.kv_cache_bytes == DECODERS["lockstep"](model.eval()).generate(prompt, 8).cache_bytes > 0
     assert m.peak_memory_bytes == m.param_bytes + m.peak_growth_bytes
     assert len(m.step_token_fraction) == 2 and m.step_token_fraction[0] == 1.0
     assert m.to_dict()["step_token_fraction"] == list(m.step_token_fraction)

@@ -176,7 +176,11 @@ def main() -> None:
                 mine = [r for r in results if r["run"] == run and r["history"]]
                 reach = [seconds_to_reach(r["history"], 0.9 * best) for r in mine]
                 numbers["seconds_to_90pct_median"] = float(np.median(reach))
-            raw["spaces"][space.study_name] = {"best_median_final_hypervolume": best, "summary": summary, "runs": results}
+            raw["spaces"][space.study_name] = {
+                "best_median_final_hypervolume": best,
+                "summary": summary,
+                "runs": results,
+            }
             default, stock = summary[space.sampler.name], summary["stock"]
             stock_seconds = stock["seconds_to_90pct_median"]
             stock_reached = math.isfinite(stock_seconds)

@@ -30,6 +30,7 @@ wrote and ``replace`` re-derives them.
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -344,7 +345,10 @@ class ModelConfig(FrozenConfig):
         Shape rules: heads of ``head_dim`` channels, ``kv_group_size`` query heads per
         KV head, d_model a multiple of ``head_dim * kv_group_size``, and ffn_dim (a
         multiple of 8) as close to ``ffn_ratio * d_model`` as the budget allows; the
-        ffn width absorbs the remainder so the count lands within ``tolerance``.
+        ffn width absorbs the remainder so the count lands within ``tolerance``. A shape
+        at or below the budget wins over one above it whenever one is within tolerance:
+        a budget reads as a cap, and a search whose cap equals its range's top should
+        not keep proposing models just over it.
         Every other field (sharing, router, vocab, ...) passes through ``fields``.
         """
         step = head_dim * kv_group_size
@@ -361,14 +365,17 @@ class ModelConfig(FrozenConfig):
                 **fields,
             )
             per_ffn_unit = 3 * d_model * probe.num_unique_layers
-            ffn = round((params_unique - probe.unique_parameters()) / per_ffn_unit / 8) * 8 + 8
-            if ffn < 8:
+            below = math.floor((params_unique - probe.unique_parameters()) / per_ffn_unit / 8) * 8 + 8
+            if below < 8:
                 break  # wider models only overshoot more
-            candidate = probe.replace(ffn_dim=ffn)
-            error = abs(candidate.unique_parameters() - params_unique) / params_unique
-            score = abs(ffn / d_model - ffn_ratio) + (1e3 if error > tolerance else 0)
-            if score < best_score:
-                best, best_score = candidate, score
+            for ffn in (below, below + 8):  # the widths just below and just above the budget
+                candidate = probe.replace(ffn_dim=ffn)
+                error = (candidate.unique_parameters() - params_unique) / params_unique
+                score = (
+                    abs(ffn / d_model - ffn_ratio) + (1e3 if abs(error) > tolerance else 0) + (10 if error > 0 else 0)
+                )
+                if score < best_score:
+                    best, best_score = candidate, score
         if best is None or abs(best.unique_parameters() - params_unique) > tolerance * params_unique:
             smallest = cls(
                 d_model=step,

@@ -100,7 +100,7 @@ def test_from_param_budget_lands_within_two_percent(params):
         router="expert_choice",
         vocab_size=256,
     )
-    assert sizing.unique_parameters(cfg) == pytest.approx(params, rel=0.02)
+    assert params * 0.98 <= sizing.unique_parameters(cfg) <= params  # within 2 %, and below it when it can be
     assert cfg.ffn_dim % 8 == 0 and cfg.d_model % cfg.num_heads == 0
 
 

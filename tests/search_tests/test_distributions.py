@@ -219,8 +219,13 @@ def test_caps_reject_before_training():
     big = suggest(FixedTrial({"params_unique": 190_000, "num_layers": 4, "num_recursions": 1}), space)
     assert violates_caps(small, space) == []
     broken = violates_caps(big, space)
-    assert any(b.startswith("params_unique <= 80k: this configuration needs 18") for b in broken)
-    assert any(b.startswith("peak_memory <= 512KiB: this configuration needs at least") for b in broken)
+    by_name = {b.name: b for b in broken}
+    assert by_name["params_unique <= 80k"].message.startswith("params_unique <= 80k: this configuration needs 18")
+    assert by_name["params_unique <= 80k"].violation == pytest.approx(big.model.unique_parameters() - 80_000)
+    assert by_name["peak_memory <= 512KiB"].message.startswith(
+        "peak_memory <= 512KiB: this configuration needs at least"
+    )
+    assert by_name["peak_memory <= 512KiB"].violation > 0  # Optuna's rule: > 0 is violated
 
 
 def test_analytic_memory_bound_is_below_the_measured_memory():

@@ -119,7 +119,8 @@ def test_config_breaking_a_cap_is_rejected_before_training(tmp_path: Path) -> No
     assert outcome.state == TrialState.PRUNED and outcome.attrs[PREFILTERED_ATTR]
     assert "params_unique <= 20k" in outcome.record.failure_detail
     # The constraint value is the analytic excess, so TPE ranks the trial among its infeasible ones.
-    assert study._storage.get_trial(trial._trial_id).constraints == {"params_unique <= 20k": pytest.approx(9_000, rel=0.05)}
+    constraints = study._storage.get_trial(trial._trial_id).constraints
+    assert constraints == {"params_unique <= 20k": pytest.approx(9_000, rel=0.05)}
     assert outcome.record.failure_reason == "infeasible"
     rdb.engine.dispose()
     store.dispose_engines()

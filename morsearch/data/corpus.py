@@ -1,10 +1,10 @@
 """The built-in corpus: generated from a seed, offline, with tokens of mixed difficulty.
 
 Adaptive depth only pays off when some next tokens need more computation than
-others, so the corpus interleaves easy filler prose with spans whose next token
+others, so the corpus interleaves prose with spans whose next token
 takes several steps to work out (docs/DATA.md explains the choice):
 
-    prose     mo rilka tesu mo vadine ka .   (a Zipfian lexicon with a bigram grammar)
+    prose     nune hule ka ze pi he vatufo . (a Zipfian lexicon with a bigram grammar)
     sum       sum 4817+596=5413 .            (digits need the carry chain)
     brackets  brackets ([{<>}]){} .          (each closer needs a stack)
     recall    recall d=41 q=07 x=93 ; q?07 . (the value is copied from far back)
@@ -60,6 +60,7 @@ class Lexicon:
         ]
 
     def sentence(self, rng: random.Random) -> str:
+        """4-16 words: the first by frequency, each next one among its predecessor's successors."""
         (word,) = rng.choices(range(LEXICON_WORDS), cum_weights=self.word_weights)
         picks = rng.choices(range(SUCCESSORS), cum_weights=self.successor_weights, k=rng.randint(3, 15))
         out = [word]

@@ -19,7 +19,12 @@ On an H200, ``--proxy-flops 3e13 --multipliers 1 0.33333333333 3.33333333333 --j
 0.65 (3e13 vs 3e14); between budgets 3.3x apart, 0.74-0.78. No budget holds over 10x;
 docs/DATA.md says why (equal FLOPs favour larger models as the budget grows).
 
-Trials are small, so several share the GPU at once (``--jobs``, separate processes).
+``--seeds 2`` trains every run again with another training seed and reports tau between
+the two seeds at each budget (``seed_agreement``): the ceiling that any proxy's tau meets,
+since two equally good measurements of one ranking disagree that much.
+
+Trials are small, so several share the GPU at once (``--jobs``, separate processes). The
+result file is rewritten after every run, so a run cut short keeps what it trained.
 """
 
 from __future__ import annotations
@@ -96,10 +101,11 @@ def train_one(job: tuple[str, dict[str, Any], dict[str, Any], int]) -> dict[str,
     try:
         result = run_proxy(cfg, TrainBudget(**budget), DataConfig(builtin_tokens=builtin_tokens))
     except MorsearchError as error:
-        return {"name": name, "flops": budget["value"], "error": str(error)}
+        return {"name": name, "flops": budget["value"], "seed": budget["seed"], "error": str(error)}
     return {
         "name": name,
         "flops": budget["value"],
+        "seed": budget["seed"],
         "val_nll": result.val_nll,
         "tokens": result.tokens_seen,
         "params": cfg.unique_parameters(),
@@ -116,6 +122,69 @@ def rank_agreement(proxy: dict[str, float], reference: dict[str, float]) -> dict
     }
 
 
+def summarise(
+    runs: list[dict[str, Any]], names: list[str], budgets: dict[str, float], factor: float, quick: bool
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The agreement of the rankings (seed 0) and, with several seeds, the noise ceiling; the targets."""
+    flops = sorted(set(budgets.values()))
+    base = budgets["proxy_x1"]
+
+    def nll_at(value: float, seed: int = 0) -> dict[str, float]:
+        return {r["name"]: r["val_nll"] for r in runs if r["flops"] == value and r["seed"] == seed and "val_nll" in r}
+
+    nll = {label: nll_at(v) for label, v in budgets.items()}
+    agreement = {
+        label: rank_agreement(nll[label], nll["reference"])
+        for label in budgets
+        if label != "reference" and len(set(nll[label]) & set(nll["reference"])) > 2
+    }
+    reference_rank = {n: i + 1 for i, n in enumerate(sorted(nll["reference"], key=nll["reference"].get))}
+    proxy_rank = {n: i + 1 for i, n in enumerate(sorted(nll["proxy_x1"], key=nll["proxy_x1"].get))}
+    table = [
+        {
+            "name": n,
+            "params": next(r["params"] for r in runs if r["name"] == n and "params" in r),
+            "proxy_nll": nll["proxy_x1"].get(n),
+            "reference_nll": nll["reference"][n],
+            "proxy_rank": proxy_rank.get(n),
+            "reference_rank": reference_rank[n],
+            "config": model_fields(n, quick),
+        }
+        for n in names
+        if n in nll["reference"]
+    ]
+    # every budget against every larger one: where along the ladder does a ranking start to hold?
+    pairwise = [
+        {"proxy_flops": a, "reference_flops": b, **rank_agreement(nll_at(a), nll_at(b))}
+        for i, a in enumerate(flops)
+        for b in flops[i + 1 :]
+        if len(set(nll_at(a)) & set(nll_at(b))) > 2
+    ]
+    # the same budget, another training seed: how far two equally good proxies disagree
+    seeds = sorted({r["seed"] for r in runs} - {0})
+    noise = [
+        {"flops": v, "seed": seed, **rank_agreement(nll_at(v, seed), nll_at(v))}
+        for v in flops
+        for seed in seeds
+        if len(set(nll_at(v, seed)) & set(nll_at(v))) > 2
+    ]
+    raw = {"agreement": agreement, "table": table, "pairwise": pairwise, "seed_agreement": noise}
+    targets = []
+    if "proxy_x1" in agreement:
+        targets.append(target("kendall_tau_proxy_vs_10x", agreement["proxy_x1"]["kendall_tau"], 0.8))
+    targets += [
+        target(f"kendall_tau_{label}_vs_reference", values["kendall_tau"], 0.8)
+        for label, values in agreement.items()
+        if label != "proxy_x1"
+    ]
+    targets += [
+        target(f"kendall_tau_{pair['proxy_flops']:.0e}_vs_{pair['reference_flops']:.0e}", pair["kendall_tau"], 0.8)
+        for pair in pairwise
+        if pair["proxy_flops"] != base and math.isclose(pair["reference_flops"], factor * pair["proxy_flops"])
+    ]
+    return raw, targets
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny CPU smoke run; result not written")
@@ -124,6 +193,9 @@ def main() -> None:
     parser.add_argument("--factor", type=float, default=10.0, help="reference budget = factor x P")
     parser.add_argument(
         "--multipliers", type=float, nargs="*", default=None, help="proxies at m x P (default 1 3; --quick: 1)"
+    )
+    parser.add_argument(
+        "--seeds", type=int, default=1, help="training seeds per run; more give the seed-to-seed ceiling of tau"
     )
     parser.add_argument("--out", type=Path, default=None, help="with --quick: write the CPU result here")
     parser.add_argument("--jobs", type=int, default=None, help="runs at once (default: 4 on GPU, 2 on CPU)")
@@ -144,85 +216,50 @@ def main() -> None:
     # enough generated text that even the reference run sees each token only a few times
     builtin_tokens = 200_000 if args.quick else 20_000_000
     work = [
-        (name, model_fields(name, args.quick), {**base, "value": value}, builtin_tokens)
+        (name, model_fields(name, args.quick), {**base, "value": value, "seed": seed}, builtin_tokens)
         for value in reversed(flops)  # longest first: better packing
+        for seed in range(args.seeds)
         for name in names
     ]
     print(f"{len(work)} runs, {jobs} at a time, P = {base['value']:.3g} FLOPs, reference {args.factor:g} P")
     started = time.perf_counter()
     runs: list[dict[str, Any]] = []
-    with cf.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        for run in pool.map(train_one, work):
-            runs.append(run)
-            shown = f"{run['val_nll']:.4f} nll, {run['tokens']:,} tokens" if "val_nll" in run else run["error"]
-            print(f"  {run['name']:30s} {run['flops']:.3g} FLOPs: {shown}")
-
-    nll = {
-        label: {r["name"]: r["val_nll"] for r in runs if r["flops"] == v and "val_nll" in r}
-        for label, v in budgets.items()
-    }
-    agreement = {label: rank_agreement(nll[label], nll["reference"]) for label in budgets if label != "reference"}
-    reference_rank = {n: i + 1 for i, n in enumerate(sorted(nll["reference"], key=nll["reference"].get))}
-    proxy_rank = {n: i + 1 for i, n in enumerate(sorted(nll["proxy_x1"], key=nll["proxy_x1"].get))}
-    table = [
-        {
-            "name": n,
-            "params": next(r["params"] for r in runs if r["name"] == n and "params" in r),
-            "proxy_nll": nll["proxy_x1"].get(n),
-            "reference_nll": nll["reference"][n],
-            "proxy_rank": proxy_rank.get(n),
-            "reference_rank": reference_rank[n],
-            "config": model_fields(n, args.quick),
-        }
-        for n in names
-        if n in nll["reference"]
-    ]
-    print(f"\n{'config':30s} {'params':>9s} {'proxy':>8s} {'10x':>8s} rank")
-    for row in sorted(table, key=lambda r: r["reference_rank"]):
-        print(
-            f"{row['name']:30s} {row['params']:9,d} {row['proxy_nll'] or float('nan'):8.4f} "
-            f"{row['reference_nll']:8.4f} {row['proxy_rank']} -> {row['reference_rank']}"
-        )
-    for label, values in agreement.items():
-        print(f"{label:12s} kendall tau {values['kendall_tau']:.3f}  spearman rho {values['spearman_rho']:.3f}")
-    raw = {
+    header = {
         "proxy_flops": base["value"],
         "reference_flops": budgets["reference"],
         "budget": base,
         "data": {"source": "builtin", "builtin_tokens": builtin_tokens},
-        "agreement": agreement,
-        "table": table,
-        "runs": runs,
-        "wall_seconds": time.perf_counter() - started,
         "jobs": jobs,
+        "seeds": args.seeds,
     }
-    # every budget against every larger one: where along the ladder does a ranking start to hold?
-    by_flops = {v: {r["name"]: r["val_nll"] for r in runs if r["flops"] == v and "val_nll" in r} for v in flops}
-    raw["pairwise"] = [
-        {"proxy_flops": a, "reference_flops": b, **rank_agreement(by_flops[a], by_flops[b])}
-        for i, a in enumerate(flops)
-        for b in flops[i + 1 :]
-    ]
-    targets = [target("kendall_tau_proxy_vs_10x", agreement["proxy_x1"]["kendall_tau"], 0.8)]
-    targets += [
-        target(f"kendall_tau_{label}_vs_reference", values["kendall_tau"], 0.8)
-        for label, values in agreement.items()
-        if label != "proxy_x1"
-    ]
-    targets += [
-        target(f"kendall_tau_{pair['proxy_flops']:.0e}_vs_{pair['reference_flops']:.0e}", pair["kendall_tau"], 0.8)
-        for pair in raw["pairwise"]
-        if pair["proxy_flops"] != base["value"]
-        and math.isclose(pair["reference_flops"], args.factor * pair["proxy_flops"])
-    ]
+    out = args.out if args.quick else None
+    with cf.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        for run in pool.map(train_one, work):
+            runs.append(run)
+            shown = f"{run['val_nll']:.4f} nll, {run['tokens']:,} tokens" if "val_nll" in run else run["error"]
+            print(f"  {run['name']:30s} {run['flops']:.3g} FLOPs seed {run['seed']}: {shown}")
+            if not args.quick or out:  # after every run, so a run cut short keeps what it trained
+                raw, targets = summarise(runs, names, budgets, args.factor, args.quick)
+                raw = {**header, **raw, "runs": runs, "wall_seconds": time.perf_counter() - started}
+                write_result("proxy_fidelity" + ("_cpu" if args.quick else ""), raw, targets, out=out)
+
+    raw, targets = summarise(runs, names, budgets, args.factor, args.quick)
+    print(f"\n{'config':30s} {'params':>9s} {'proxy':>8s} {'10x':>8s} rank")
+    for row in sorted(raw["table"], key=lambda r: r["reference_rank"]):
+        print(
+            f"{row['name']:30s} {row['params']:9,d} {row['proxy_nll'] or float('nan'):8.4f} "
+            f"{row['reference_nll']:8.4f} {row['proxy_rank']} -> {row['reference_rank']}"
+        )
+    for label, values in raw["agreement"].items():
+        print(f"{label:12s} kendall tau {values['kendall_tau']:.3f}  spearman rho {values['spearman_rho']:.3f}")
     for pair in raw["pairwise"]:
         print(f"{pair['proxy_flops']:.0e} vs {pair['reference_flops']:.0e}: kendall tau {pair['kendall_tau']:.3f}")
-    if args.quick:
+    for pair in raw["seed_agreement"]:
+        print(f"{pair['flops']:.0e}, seed {pair['seed']} vs seed 0: kendall tau {pair['kendall_tau']:.3f}")
+    if args.quick and not out:
         print("quick run: result not written")
-        if args.out:
-            print("wrote", write_result("proxy_fidelity_cpu", raw, targets, out=args.out))
-        return
-    print("wrote", write_result("proxy_fidelity", raw, targets))
+    else:
+        print("wrote", out or "benchmarks/results/proxy_fidelity.json")
 
 
 if __name__ == "__main__":

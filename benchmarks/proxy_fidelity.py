@@ -17,7 +17,7 @@ budget whose ranking holds. A CPU run of the 14 structures at tiny widths (--qui
 On an H200, ``--proxy-flops 3e13 --multipliers 1 0.33333333333 3.33333333333 --jobs 14``
 (the committed result: 1e13, 3e13, 1e14 and 3e14 FLOPs) gave tau 0.60 (1e13 vs 1e14) and
 0.65 (3e13 vs 3e14); between budgets 3.3x apart, 0.74-0.78. No budget holds over 10x;
-docs/DATA.md says why (equal FLOPs favour larger models as the budget grows).
+docs/DATA.md says why (at equal FLOPs a size's tokens, and so its rank, move with the budget).
 
 ``--seeds 2`` trains every run again with another training seed and reports tau between
 the two seeds at each budget (``seed_agreement``): the ceiling that any proxy's tau meets,

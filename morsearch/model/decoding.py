@@ -138,8 +138,10 @@ class DecodeRule:
         """Whether each row (all at ``step``) runs it: (n,) bool, or None = all do."""
         return None
 
-    def merge(self, rows: torch.Tensor, steps: torch.Tensor, h_in: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        """New states (n, 1, D) of rows that ran the block at ``steps`` (n,)."""
+    def merge(
+        self, rows: torch.Tensor, steps: torch.Tensor | int, h_in: torch.Tensor, out: torch.Tensor
+    ) -> torch.Tensor:
+        """New states (n, 1, D) of rows that ran the block at ``steps`` (n,), or all at one step."""
         return out
 
 
@@ -152,7 +154,9 @@ class ExpertChoiceRule(DecodeRule):
         self.gate[rows] = (self.cfg.alpha * activation(logits)).to(self.gate.dtype)
         return logits > 0 if self.cfg.step_capacities[step] < 1.0 else None
 
-    def merge(self, rows: torch.Tensor, steps: torch.Tensor, h_in: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    def merge(
+        self, rows: torch.Tensor, steps: torch.Tensor | int, h_in: torch.Tensor, out: torch.Tensor
+    ) -> torch.Tensor:
         return h_in + self.gate[rows].view(-1, 1, 1) * out
 
 
@@ -180,7 +184,9 @@ class TokenChoiceRule(DecodeRule):
     def decide(self, step: int, rows: torch.Tensor, h: torch.Tensor) -> torch.Tensor | None:
         return None if step == 0 else self.depth[rows] > step  # every depth is >= 1
 
-    def merge(self, rows: torch.Tensor, steps: torch.Tensor, h_in: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    def merge(
+        self, rows: torch.Tensor, steps: torch.Tensor | int, h_in: torch.Tensor, out: torch.Tensor
+    ) -> torch.Tensor:
         finishing = (self.depth[rows] == steps + 1).view(-1, 1, 1)
         return torch.where(finishing, self.first[rows] + self.gate[rows].view(-1, 1, 1) * out, out)
 
@@ -408,30 +414,36 @@ class RowDecoder:
             x = self._layer(layer_index, x, [_Group(0, len(rows), step, rows)], rows_dev, rope, plans)
         return x
 
-    def _emit(self, rows: list[int], logits: torch.Tensor) -> None:
+    def _rows_dev(self, rows: list[int]) -> torch.Tensor:
+        # A host list sent to the GPU waits for the queued kernels (pageable copy): a sync,
+        # so callers reuse these tensors wherever the rows stay the same.
+        return torch.tensor(rows, device=self.tokens.device)
+
+    def _emit(self, rows: list[int], rows_dev: torch.Tensor, logits: torch.Tensor) -> None:
         """Choose the next token of ``rows`` from their logits (n, V)."""
-        rows_dev = torch.tensor(rows, device=self.tokens.device)
-        cols = torch.tensor([self.emitted[r] for r in rows], device=self.tokens.device)
+        cols = self.emitted_dev[rows_dev]
         self.tokens[rows_dev, cols] = _choose(logits, self.forced, rows_dev, cols)
         if self.logits_out is not None:
             self.logits_out[rows_dev, cols] = logits
+        self.emitted_dev[rows_dev] = cols + 1
         for r in rows:
             self.emitted[r] += 1
         self.emissions[-1] += rows
 
-    def _finish(self, rows: list[int]) -> list[int]:
+    def _finish(self, rows: list[int]) -> tuple[list[int], torch.Tensor]:
         """Tokens that left the block: post-block layers, norm, head, next token.
 
-        Returns the rows whose sequence wants another token.
+        Returns the rows whose sequence wants another token, on the host and the device.
         """
         model = self.model
-        rows_dev = torch.tensor(rows, device=self.tokens.device)
+        rows_dev = self._rows_dev(rows)
         x = self._plain_layers(self.schedule.post_block, self.state[rows_dev], rows, rows_dev)
         x = model.norm(x)[:, 0]  # (n, D)
-        self._emit(rows, model.lm_head(x) if model.lm_head is not None else F.linear(x, model.embed.weight))
-        return [r for r in rows if self.emitted[r] < self.tokens.shape[1]]
+        self._emit(rows, rows_dev, model.lm_head(x) if model.lm_head is not None else F.linear(x, model.embed.weight))
+        going_on = [r for r in rows if self.emitted[r] < self.tokens.shape[1]]
+        return going_on, rows_dev if len(going_on) == len(rows) else self._rows_dev(going_on)
 
-    def _begin(self, rows: list[int]) -> list[int]:
+    def _begin(self, rows: list[int], rows_dev: torch.Tensor) -> list[int]:
         """The next token of ``rows``: embedding, pre-block layers, entry into step 0.
 
         Returns the rows whose token skips the whole block (to finish at once).
@@ -439,8 +451,7 @@ class RowDecoder:
         if not rows:
             return []
         model = self.model
-        rows_dev = torch.tensor(rows, device=self.tokens.device)
-        cols = torch.tensor([self.emitted[r] - 1 for r in rows], device=self.tokens.device)
+        cols = self.emitted_dev[rows_dev] - 1
         self.positions[rows_dev] = self.prompt_len + cols
         x = model.embed(self.tokens[rows_dev, cols]).unsqueeze(1)  # (n, 1, D)
         x = self._plain_layers(self.schedule.pre_block, x, rows, rows_dev)
@@ -461,21 +472,22 @@ class RowDecoder:
         """
         model, block, nr = self.model, self.block, self.schedule.num_block_steps
         order = sorted(block, key=lambda r: (block[r], r))
-        rows_dev = torch.tensor(order, device=self.tokens.device)
+        rows_dev = self._rows_dev(order)
         groups, start = [], 0
         for step in sorted(set(block.values())):
             rows = [r for r in order if block[r] == step]
             groups.append(_Group(start, start + len(rows), step, rows))
             self.step_tokens[step] += len(rows)
             start += len(rows)
-        steps_dev = torch.tensor([block[r] for r in order], device=self.tokens.device)
+        # one step (always under lockstep): a number broadcasts, and saves a copy to the device
+        steps = groups[0].step if len(groups) == 1 else self._rows_dev([block[r] for r in order])
         self.block_calls += 1
         h_in = self.state[rows_dev]  # (n, 1, D)
         rope = model.rope(self.positions[rows_dev].unsqueeze(1))
         out, plans = h_in, {}
         for layer_index in self.schedule.block:
             out = self._layer(layer_index, out, groups, rows_dev, rope, plans)
-        h = self.rule.merge(rows_dev, steps_dev, h_in, out)
+        h = self.rule.merge(rows_dev, steps, h_in, out)
         self.state[rows_dev] = h
         decisions, stopped = [], []
         for g in groups:
@@ -522,14 +534,16 @@ class RowDecoder:
         self.tokens = torch.zeros(B, new_tokens, dtype=torch.long, device=device)
         self.forced = forced
         self.logits_out = first_logits.new_zeros(B, new_tokens, first_logits.shape[-1]) if keep_logits else None
-        self.emitted, self.emissions = [0] * B, [[]]
+        self.emitted, self.emissions = [0] * B, [[]]  # tokens each row emitted (also on the device)
+        self.emitted_dev = torch.zeros(B, dtype=torch.long, device=device)
         self.step_tokens, self.block_calls = [0] * self.schedule.num_block_steps, 0
         self.block: dict[int, int] = {}  # row -> recursion step its token runs in the next call
 
-        self._emit(list(range(B)), first_logits)
+        every_row = torch.arange(B, device=device)
+        self._emit(list(range(B)), every_row, first_logits)
         if on_iteration is not None:
             on_iteration()
-        waiting = self._begin([r for r in range(B) if self.emitted[r] < new_tokens])  # rows to finish
+        waiting = self._begin(list(range(B)), every_row) if new_tokens > 1 else []  # rows to finish
         exit_batch = max(1, math.ceil(self.exit_fraction * B))
         while self.block or waiting:
             self.emissions.append([])
@@ -537,7 +551,7 @@ class RowDecoder:
                 waiting += self._block_call()
             # lockstep: wait for every sequence; deferred: for a batch's worth of stopped tokens
             if waiting and not self.block or (not self.barrier and len(waiting) >= exit_batch):
-                waiting = self._begin(self._finish(sorted(waiting)))
+                waiting = self._begin(*self._finish(sorted(waiting)))
             if on_iteration is not None:
                 on_iteration()
         result = Generation(

@@ -25,13 +25,19 @@ upper bound: the default's seconds over stock's total.
 
 Run: ``python -m benchmarks.sampler_efficiency`` (quickstart space, 3 seeds; add
 ``--spaces quickstart paper`` on a GPU), or ``--quick`` (a shrunken quickstart, 1 seed,
-stock vs tpe vs random: a few minutes on a CPU).
+stock vs tpe vs random: a few minutes on a CPU). The paper space as written (96
+trials of 3e15 FLOPs) takes days per run; ``--trials 24 --budget-flops 3e13 --jobs 8``
+makes a run of all samplers fit a GPU session, with the searches sharing the GPU (their
+device seconds then include that sharing, alike for every run).
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures as cf
+import contextlib
 import math
+import multiprocessing
 import tempfile
 import time
 from pathlib import Path
@@ -121,6 +127,19 @@ def run_search(space: SearchSpace, run: str, seed: int, folder: Path, n_trials: 
     return {"run": run, "seed": seed, "wall_seconds": wall, "history": history, "error": error}
 
 
+def run_search_job(job: tuple[Path, float | None, str, int, Path, int]) -> dict[str, Any]:
+    """``run_search`` in a worker process of ``--jobs`` (the space is loaded there)."""
+    path, budget_flops, run, seed, folder, n_trials = job
+    return run_search(load_space(path, budget_flops), run, seed, folder, n_trials)
+
+
+def load_space(path: Path, budget_flops: float | None) -> SearchSpace:
+    space = load_search_space(path)
+    if budget_flops is not None:
+        space = space.replace(budget=space.budget.replace(value=budget_flops))
+    return space
+
+
 def seconds_to_reach(history: list[dict[str, Any]], level: float) -> float:
     """Device seconds at which the hypervolume first reaches ``level`` (inf if never)."""
     for point in history:
@@ -137,10 +156,22 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=None, help="Trials per run (default: the space's n_trials).")
     parser.add_argument("--samplers", nargs="*", default=None, help=f"morsearch samplers (default {list(SAMPLERS)}).")
     parser.add_argument("--out", type=Path, default=None, help="Result JSON (default benchmarks/results/).")
+    parser.add_argument(
+        "--budget-flops", type=float, default=None, help="Training FLOPs per trial instead of the space's (recorded)."
+    )
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="Searches at once, in separate processes (they share the device)."
+    )
     args = parser.parse_args()
     seeds = list(range(args.seeds or (1 if args.quick else 3)))
     samplers = args.samplers or (["tpe", "random"] if args.quick else list(SAMPLERS))
-    raw: dict[str, Any] = {"spaces": {}, "seeds": seeds, "samplers": samplers}
+    raw: dict[str, Any] = {
+        "spaces": {},
+        "seeds": seeds,
+        "samplers": samplers,
+        "budget_flops_override": args.budget_flops,
+        "jobs": args.jobs,
+    }
     targets = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -150,17 +181,21 @@ def main() -> None:
             else [SPACES / f"{name}.yaml" for name in (args.spaces or ["quickstart"])]
         )
         for path in paths:
-            space = load_search_space(path)
+            space = load_space(path, args.budget_flops)
             n_trials = args.trials or space.n_trials
             runs = ["stock", *samplers, f"{space.sampler.name}-no-es"]
+            jobs = [(path, args.budget_flops, run, seed, folder, n_trials) for seed in seeds for run in runs]
             results = []
-            for seed in seeds:
-                for run in runs:
-                    result = run_search(space, run, seed, folder, n_trials)
+            parallel = args.jobs > 1
+            spawn = multiprocessing.get_context("spawn")
+            with cf.ProcessPoolExecutor(args.jobs, mp_context=spawn) if parallel else contextlib.nullcontext() as pool:
+                done = pool.map(run_search_job, jobs) if pool else map(run_search_job, jobs)
+                for result in done:
                     last = result["history"][-1] if result["history"] else {}
                     print(
-                        f"{space.study_name:12s} seed {seed} {run:12s} HV {last.get('hypervolume') or 0:.4g} "
-                        f"after {last.get('device_seconds', 0):.0f} device-s ({result['wall_seconds']:.0f} s wall)",
+                        f"{space.study_name:12s} seed {result['seed']} {result['run']:12s} "
+                        f"HV {last.get('hypervolume') or 0:.4g} after {last.get('device_seconds', 0):.0f} device-s "
+                        f"({result['wall_seconds']:.0f} s wall)",
                         flush=True,
                     )
                     results.append(result)

@@ -200,6 +200,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="with --quick: write the CPU result here")
     parser.add_argument("--jobs", type=int, default=None, help="runs at once (default: 4 on GPU, 2 on CPU)")
     args = parser.parse_args()
+    if args.seeds < 1:
+        parser.error(f"--seeds {args.seeds}: give at least 1")
     if args.quick:
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
     import torch

@@ -163,6 +163,8 @@ def main() -> None:
         "--jobs", type=int, default=1, help="Searches at once, in separate processes (they share the device)."
     )
     args = parser.parse_args()
+    if args.jobs < 1:
+        parser.error(f"--jobs {args.jobs}: give at least 1")
     seeds = list(range(args.seeds or (1 if args.quick else 3)))
     samplers = args.samplers or (["tpe", "random"] if args.quick else list(SAMPLERS))
     raw: dict[str, Any] = {

@@ -40,7 +40,7 @@ from typing import Any
 
 from scipy import stats
 
-from benchmarks.common import target, write_result
+from benchmarks.common import RESULTS, target, write_result
 
 SHAPE = dict(vocab_size=256, d_model=192, num_heads=6, num_kv_heads=2, ffn_dim=512, max_seq_len=256)
 QUICK_SHAPE = dict(vocab_size=128, d_model=32, num_heads=4, num_kv_heads=2, ffn_dim=64, max_seq_len=64)
@@ -197,7 +197,7 @@ def main() -> None:
     parser.add_argument(
         "--seeds", type=int, default=1, help="training seeds per run; more give the seed-to-seed ceiling of tau"
     )
-    parser.add_argument("--out", type=Path, default=None, help="with --quick: write the CPU result here")
+    parser.add_argument("--out", type=Path, default=None, help="result file (default: results/; --quick: none)")
     parser.add_argument("--jobs", type=int, default=None, help="runs at once (default: 4 on GPU, 2 on CPU)")
     args = parser.parse_args()
     if args.seeds < 1:
@@ -234,7 +234,7 @@ def main() -> None:
         "jobs": jobs,
         "seeds": args.seeds,
     }
-    out = args.out if args.quick else None
+    out = args.out
     with cf.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         for run in pool.map(train_one, work):
             runs.append(run)
@@ -261,7 +261,7 @@ def main() -> None:
     if args.quick and not out:
         print("quick run: result not written")
     else:
-        print("wrote", out or "benchmarks/results/proxy_fidelity.json")
+        print("wrote", out or RESULTS / "proxy_fidelity.json")
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ import numpy as np
 import optuna
 import yaml
 
-from benchmarks.common import target, write_result
+from benchmarks.common import RESULTS, target, write_result
 from morsearch import store
 from morsearch.config.space import SearchSpace
 from morsearch.errors import MorsearchError
@@ -148,6 +148,36 @@ def seconds_to_reach(history: list[dict[str, Any]], level: float) -> float:
     return math.inf
 
 
+def summarise(space: SearchSpace, runs: list[str], results: list[dict[str, Any]]) -> tuple[dict[str, Any], dict]:
+    """Medians over seeds per run, and the target, from the searches finished so far."""
+    summary = {}
+    for run in runs:
+        mine = [r for r in results if r["run"] == run and r["history"]]
+        if mine:
+            summary[run] = {
+                "seeds_done": len(mine),
+                "final_hypervolume_median": float(np.median([r["history"][-1]["hypervolume"] or 0 for r in mine])),
+                "device_seconds_median": float(np.median([r["history"][-1]["device_seconds"] for r in mine])),
+            }
+    best = max(numbers["final_hypervolume_median"] for numbers in summary.values())
+    for run, numbers in summary.items():
+        mine = [r for r in results if r["run"] == run and r["history"]]
+        reach = [seconds_to_reach(r["history"], 0.9 * best) for r in mine]
+        numbers["seconds_to_90pct_median"] = float(np.median(reach))
+    found: dict[str, Any] = {"best_median_final_hypervolume": best, "summary": summary, "runs": results}
+    name = f"{space.study_name}: morsearch default / stock Optuna device seconds to 90 % of best median HV"
+    if space.sampler.name not in summary or "stock" not in summary:
+        return found, target(name + " (not both run yet)", math.nan, 0.5, higher_is_better=False)
+    default, stock = summary[space.sampler.name], summary["stock"]
+    stock_seconds = stock["seconds_to_90pct_median"]
+    stock_reached = math.isfinite(stock_seconds)
+    if not stock_reached:  # stock needs more than its whole run: an upper bound on the ratio
+        stock_seconds = stock["device_seconds_median"]
+    found["ratio_is_upper_bound"] = not stock_reached
+    ratio = default["seconds_to_90pct_median"] / stock_seconds
+    return found, target(name + ("" if stock_reached else " (stock never reached it: at most)"), ratio, 0.5, False)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="Shrunken quickstart, 1 seed, stock/tpe/random (CPU).")
@@ -174,7 +204,8 @@ def main() -> None:
         "budget_flops_override": args.budget_flops,
         "jobs": args.jobs,
     }
-    targets = []
+    targets: dict[str, dict[str, Any]] = {}
+    result_name = "sampler_efficiency" + ("_quick" if args.quick else "")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         paths = (
@@ -191,7 +222,11 @@ def main() -> None:
             parallel = args.jobs > 1
             spawn = multiprocessing.get_context("spawn")
             with cf.ProcessPoolExecutor(args.jobs, mp_context=spawn) if parallel else contextlib.nullcontext() as pool:
-                done = pool.map(run_search_job, jobs) if pool else map(run_search_job, jobs)
+                if pool:  # taken as they finish, not in order, so each is written as soon as it is done
+                    futures = [pool.submit(run_search_job, job) for job in jobs]
+                    done = (future.result() for future in cf.as_completed(futures))
+                else:
+                    done = map(run_search_job, jobs)
                 for result in done:
                     last = result["history"][-1] if result["history"] else {}
                     print(
@@ -201,43 +236,12 @@ def main() -> None:
                         flush=True,
                     )
                     results.append(result)
-            summary = {}
-            for run in runs:
-                mine = [r for r in results if r["run"] == run and r["history"]]
-                summary[run] = {
-                    "final_hypervolume_median": float(np.median([r["history"][-1]["hypervolume"] or 0 for r in mine])),
-                    "device_seconds_median": float(np.median([r["history"][-1]["device_seconds"] for r in mine])),
-                }
-            best = max(numbers["final_hypervolume_median"] for numbers in summary.values())
-            for run, numbers in summary.items():
-                mine = [r for r in results if r["run"] == run and r["history"]]
-                reach = [seconds_to_reach(r["history"], 0.9 * best) for r in mine]
-                numbers["seconds_to_90pct_median"] = float(np.median(reach))
-            raw["spaces"][space.study_name] = {
-                "best_median_final_hypervolume": best,
-                "summary": summary,
-                "runs": results,
-            }
-            default, stock = summary[space.sampler.name], summary["stock"]
-            stock_seconds = stock["seconds_to_90pct_median"]
-            stock_reached = math.isfinite(stock_seconds)
-            if not stock_reached:  # stock needs more than its whole run: an upper bound on the ratio
-                stock_seconds = stock["device_seconds_median"]
-            ratio = default["seconds_to_90pct_median"] / stock_seconds
-            raw["spaces"][space.study_name]["ratio_is_upper_bound"] = not stock_reached
-            targets.append(
-                target(
-                    f"{space.study_name}: morsearch default / stock Optuna device seconds to 90 % of best median HV"
-                    + ("" if stock_reached else " (stock never reached it: at most)"),
-                    ratio,
-                    0.5,
-                    higher_is_better=False,
-                )
-            )
-            for run, numbers in summary.items():
+                    # after every search, so a run cut short keeps the searches it finished
+                    raw["spaces"][space.study_name], targets[space.study_name] = summarise(space, runs, results)
+                    write_result(result_name, raw, list(targets.values()), args.out)
+            for run, numbers in raw["spaces"][space.study_name]["summary"].items():
                 print(f"  {run:12s} {numbers}")
-    path = write_result("sampler_efficiency" + ("_quick" if args.quick else ""), raw, targets, args.out)
-    print(f"wrote {path}")
+    print(f"wrote {args.out or RESULTS / (result_name + '.json')}")
 
 
 if __name__ == "__main__":

@@ -5,15 +5,17 @@
 
 Models (issue "Measured memory and throughput ...", Speed), all with the same width and
 the same effective depth (unique layers x recursions, as the paper compares them):
-  vanilla               sharing none; timed with the model's own decoder and the row decoder
+  vanilla               sharing none; timed with the CUDA-graph decoder, the row decoder
+                        (vanilla@rows) and the model's own forward (vanilla@reference)
   recursive-nr{2,3,4}   Middle-Cycle, no routing (every token every step)
   mor{2,3,4}-{ec,tc}-{cache,share}
                         expert/token-choice routing, recursion-wise caching / recursive sharing
-  mor3-ec-cache@depthwise, @depthwise_deferred, @reference
+  mor3-ec-cache@lockstep, @depthwise, @depthwise_deferred, @reference
                         the same model with the other decoders, to show where the speed comes from
 Each is measured by ``morsearch.measure.measure`` (warm-up, CUDA events, repeats, median)
-with the lockstep row decoder (measure()'s default) unless named otherwise, at batch 1, 32
-and 256, prompt 512, 256 new tokens, bfloat16. Each run records its ``decoder``.
+with the CUDA-graph decoder (``graphed``, measure()'s default on the GPU) unless named
+otherwise, at batch 1, 32 and 256, prompt 512, 256 new tokens, bfloat16. Each run
+records its ``decoder``.
 
 Random expert-choice routers keep about half of the surviving tokens at every step
 (logits are symmetric around 0), not the capacity schedule a trained router learns
@@ -47,11 +49,11 @@ from benchmarks.common import RESULTS, target, write_result
 from morsearch.config import DeploymentTarget, ModelConfig
 from morsearch.measure import measure
 from morsearch.model import MoRModel, build_model
-from morsearch.model.decoding import DECODERS
+from morsearch.model.decoders import DECODERS
 
 RESULTS_FILE = RESULTS / "decode_throughput.json"
 # vanilla's two decoders: the speed every other model is compared with
-ANCHORS = ("vanilla", "vanilla@reference")
+ANCHORS = ("vanilla", "vanilla@rows", "vanilla@reference")
 
 
 def base_shape(quick: bool) -> dict[str, Any]:
@@ -81,17 +83,18 @@ def variants(quick: bool) -> dict[str, tuple[ModelConfig, str]]:
     """name -> (config, decoder)."""
     base = base_shape(quick)
     found = {
+        "vanilla": (ModelConfig(**base), "graphed"),
+        "vanilla@rows": (ModelConfig(**base), "depthwise"),
         "vanilla@reference": (ModelConfig(**base), "reference"),
-        "vanilla": (ModelConfig(**base), "depthwise"),
     }
     recursion = {"sharing": "middle_cycle"}
     for nr in (2, 3, 4):
-        found[f"recursive-nr{nr}"] = (ModelConfig(**base, **recursion, num_recursions=nr), "lockstep")
+        found[f"recursive-nr{nr}"] = (ModelConfig(**base, **recursion, num_recursions=nr), "graphed")
         for router, short in (("expert_choice", "ec"), ("token_choice", "tc")):
             for kv, kv_short in (("recursion_wise", "cache"), ("recursive_sharing", "share")):
                 cfg = ModelConfig(**base, **recursion, num_recursions=nr, router=router, kv_strategy=kv)
-                found[f"mor{nr}-{short}-{kv_short}"] = (cfg, "lockstep")  # measure()'s default: fastest on GPU
-    for decoder in ("depthwise", "depthwise_deferred", "reference"):
+                found[f"mor{nr}-{short}-{kv_short}"] = (cfg, "graphed")  # measure()'s default on the GPU
+    for decoder in ("lockstep", "depthwise", "depthwise_deferred", "reference"):
         found[f"mor3-ec-cache@{decoder}"] = (found["mor3-ec-cache"][0], decoder)
     return found
 
@@ -270,13 +273,7 @@ def main() -> None:
     if not args.no_profile and part == parts:  # where the time goes, at the first batch the speed target covers
         batch = next((b for b in batches if b >= 32), batches[-1])
         raw["profile"] = {"batch": batch}
-        for name in (
-            "vanilla",
-            "vanilla@reference",
-            "mor3-ec-cache",
-            "mor3-ec-cache@depthwise",
-            "mor3-ec-cache@depthwise_deferred",
-        ):
+        for name in ("vanilla", "vanilla@rows", "mor3-ec-cache", "mor3-ec-cache@lockstep", "mor3-ec-cache@depthwise"):
             if name not in chosen:
                 continue
             cfg, decoder = variants(args.quick)[name]

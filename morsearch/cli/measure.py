@@ -43,8 +43,12 @@ def measure(
     ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
     decoder: Annotated[
-        str, typer.Option(help="Decoder: depthwise, depthwise_deferred, lockstep or reference.")
-    ] = "lockstep",
+        str | None,
+        typer.Option(
+            help="Decoder: graphed, lockstep, depthwise, depthwise_deferred or reference "
+            "(default: graphed on CUDA, lockstep on CPU)."
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the random weights and prompt.")] = 0,
 ) -> None:
     """Measure a model's memory and throughput on a deployment target (random weights)."""

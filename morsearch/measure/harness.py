@@ -4,8 +4,8 @@ One measurement = warm-up generations (kernels, allocator, caches), one
 generation under a peak-memory monitor, then ``target.repeats`` timed generations.
 Each generation prefills ``prompt_len`` random tokens for ``batch_size`` sequences
 and decodes until each has ``new_tokens`` new tokens (a fixed random continuation,
-or greedy: ``target.decode_tokens``), with the decoder
-that serves MoR best (continuous depth-wise batching, ``morsearch.model.decoding``).
+or greedy: ``target.decode_tokens``), with the decoder that serves MoR fastest on
+the device (``default_decoder``: CUDA graphs on the GPU, row gathering on the CPU).
 The model's routers make the real per-token decisions, so a trained model's depth
 statistics and a random one's differ, and both are measured as they are.
 
@@ -30,7 +30,7 @@ from morsearch.measure.memory import PeakMemory
 from morsearch.measure.results import Measurement
 from morsearch.measure.timing import Clock, coefficient_of_variation, inter_token_latencies, percentile
 from morsearch.model import MoRModel, build_model
-from morsearch.model.decoding import DECODERS
+from morsearch.model.decoders import DECODERS
 
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -81,6 +81,15 @@ def prepare_model(model_or_config: MoRModel | ModelConfig, device: torch.device,
     return copy.deepcopy(model_or_config).to(device=device, dtype=dtype).eval()
 
 
+def default_decoder(device: torch.device) -> str:
+    """The decoder that serves MoR fastest on ``device`` (docs/DECODING.md has the measurements).
+
+    On the GPU eager decoding is bound by kernel launches, which ``graphed`` replays as
+    CUDA graphs; on the CPU there are no launches to save and ``lockstep`` pads nothing.
+    """
+    return "graphed" if device.type == "cuda" else "lockstep"
+
+
 def parameter_bytes(model: nn.Module) -> int:
     """Bytes of the distinct parameters (``parameters()`` yields a tied tensor once)."""
     return sum(p.numel() * p.element_size() for p in model.parameters())
@@ -90,7 +99,7 @@ def measure(
     model_or_config: MoRModel | ModelConfig,
     target: DeploymentTarget,
     *,
-    decoder: str = "lockstep",
+    decoder: str | None = None,
     seed: int = 0,
 ) -> Measurement:
     """Measure memory and throughput of a model generating on ``target``.
@@ -99,9 +108,8 @@ def measure(
         model_or_config: A (trained) ``MoRModel``, or a ``ModelConfig`` to build with
             random weights for a quick look without training.
         target: Device, dtype, batch size, prompt and generation lengths, repeats.
-        decoder: A key of ``morsearch.model.decoding.DECODERS``. ``lockstep`` by default: on an
-            H200 (batch 32) it decoded MoR 3.5x faster than ``depthwise``, whose extra
-            calls and host syncs cost more than its fuller batches save (docs/DECODING.md).
+        decoder: A key of ``morsearch.model.decoders.DECODERS``; by default the fastest
+            on the target's device (``default_decoder``).
         seed: Seeds the random weights (for a config) and the random prompt.
 
     Returns:
@@ -112,6 +120,8 @@ def measure(
             device, unknown decoder).
         torch.OutOfMemoryError: The workload does not fit the device.
     """
+    device, dtype = resolve_device(target), TORCH_DTYPES[target.dtype]
+    decoder = decoder or default_decoder(device)
     if decoder not in DECODERS:
         raise ConfigError(f"decoder={decoder!r} is unknown; choose one of {', '.join(DECODERS)}")
     if target.new_tokens < 2:
@@ -122,7 +132,6 @@ def measure(
             f"target prompt_len + new_tokens = {target.total_len} exceeds the model's "
             f"max_seq_len={cfg.max_seq_len}; shorten the target or raise max_seq_len"
         )
-    device, dtype = resolve_device(target), TORCH_DTYPES[target.dtype]
     torch.manual_seed(seed)
     model = prepare_model(model_or_config, device, dtype)
     generator = torch.Generator().manual_seed(seed)
@@ -138,8 +147,8 @@ def measure(
     with torch.inference_mode():
         for _ in range(target.warmup):
             run.generate(prompt, N, forced)
-        with PeakMemory(device) as peak:
-            generation = run.generate(prompt, N, forced)
+        with PeakMemory(device) as peak:  # a new decoder: what it allocates counts (graphed keeps buffers)
+            generation = DECODERS[decoder](model).generate(prompt, N, forced)
 
         clock = Clock(device)
         prefill_s, decode_s, latencies = [], [], []

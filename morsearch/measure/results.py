@@ -22,7 +22,7 @@ class Measurement:
         batch_size: Sequences generated together.
         prompt_len: Prompt tokens per sequence.
         new_tokens: Tokens generated per sequence (the first comes from the prefill).
-        decoder: Decoder that generated (``depthwise``, ``lockstep`` or ``reference``).
+        decoder: Decoder that generated (a key of ``morsearch.model.decoders.DECODERS``).
         peak_memory_bytes: Weights plus the peak memory growth while generating once
             (KV cache, activations, temporaries). GPU: from the allocator's peak;
             CPU: from the process's peak resident memory, sampled by a thread.

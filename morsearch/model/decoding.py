@@ -70,7 +70,9 @@ class Generation:
     block_calls: int = 0
 
 
-def _choose(logits: torch.Tensor, forced: torch.Tensor | None, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+def choose_tokens(
+    logits: torch.Tensor, forced: torch.Tensor | None, rows: torch.Tensor, cols: torch.Tensor
+) -> torch.Tensor:
     """Greedy next tokens (n,), or the forced ones (teacher forcing, for tests)."""
     return forced[rows, cols] if forced is not None else logits.argmax(dim=-1)
 
@@ -102,7 +104,7 @@ class ReferenceDecoder:
                 out = self.model(tokens[-1][:, None], cache=cache)
                 steps += out.step_token_fraction * B
             logits = out.logits[:, -1]  # (B, V)
-            tokens.append(_choose(logits, forced, rows, torch.full_like(rows, t)))
+            tokens.append(choose_tokens(logits, forced, rows, torch.full_like(rows, t)))
             if keep_logits:
                 kept.append(logits)
             if on_iteration is not None:
@@ -422,7 +424,7 @@ class RowDecoder:
     def _emit(self, rows: list[int], rows_dev: torch.Tensor, logits: torch.Tensor) -> None:
         """Choose the next token of ``rows`` from their logits (n, V)."""
         cols = self.emitted_dev[rows_dev]
-        self.tokens[rows_dev, cols] = _choose(logits, self.forced, rows_dev, cols)
+        self.tokens[rows_dev, cols] = choose_tokens(logits, self.forced, rows_dev, cols)
         if self.logits_out is not None:
             self.logits_out[rows_dev, cols] = logits
         self.emitted_dev[rows_dev] = cols + 1
@@ -583,11 +585,3 @@ class DeferredDepthwiseDecoder(DepthwiseDecoder):
     design, MOR.md 4.2): fewer post-/pre-block calls, at the price of fuller block calls."""
 
     exit_fraction = 0.25
-
-
-DECODERS: dict[str, Callable[[MoRModel], ReferenceDecoder | RowDecoder]] = {
-    "reference": ReferenceDecoder,
-    "lockstep": LockstepDecoder,
-    "depthwise": DepthwiseDecoder,
-    "depthwise_deferred": DeferredDepthwiseDecoder,
-}

@@ -1,0 +1,23 @@
+"""Every decoder by name: what ``measure(decoder=...)`` and the benchmarks choose from."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from morsearch.model.decoding import (
+    DeferredDepthwiseDecoder,
+    DepthwiseDecoder,
+    LockstepDecoder,
+    ReferenceDecoder,
+    RowDecoder,
+)
+from morsearch.model.graphed import GraphedDecoder
+from morsearch.model.mor import MoRModel
+
+DECODERS: dict[str, Callable[[MoRModel], ReferenceDecoder | RowDecoder | GraphedDecoder]] = {
+    "reference": ReferenceDecoder,
+    "lockstep": LockstepDecoder,
+    "depthwise": DepthwiseDecoder,
+    "depthwise_deferred": DeferredDepthwiseDecoder,
+    "graphed": GraphedDecoder,
+}

@@ -1,0 +1,352 @@
+"""Lockstep MoR decoding with every shape fixed, replayed as CUDA graphs on the GPU.
+
+Eager decoding of these models is bound by the host: a decode step launches over
+a thousand small kernels from Python, and the GPU waits for them (docs/DECODING.md).
+This decoder keeps the lockstep schedule of ``decoding.LockstepDecoder`` (every
+sequence decodes token t together; recursion step r runs only on the rows still
+active at r) but keeps every decision on the device and every shape static, so
+that each part of a decode step is captured once as a CUDA graph and replayed:
+
+    enter          embedding, pre-block layers, router entry, step-0 decision (all rows)
+    step (r, b)    recursion step r on a bucket of b rows: the rows active at r,
+                   padded to b with a scratch row; the decision for step r+1
+    exit           post-block layers, norm, head, next token (all rows)
+
+Before a step whose rows depend on the routers, the host reads one number, how
+many rows go on, to pick the bucket (the smallest size >= that count): the only
+host-device sync of a decode step, once per routed recursion step. Padding rows
+point at row B of every buffer, a scratch row whose results are never read.
+
+K/V buffers are allocated once per workload at their final size (the prefill's
+entries plus one per new token), since a captured graph needs fixed addresses. A
+recursion-wise slot of a deep step therefore holds room for every new token, not
+only the ones that reach it: more than the chunked growth of the row decoders
+(``cache_bytes`` reports what is allocated). Graphs and buffers are kept between
+``generate`` calls of the same workload, so a warm-up generation pays the capture.
+
+On the CPU the same functions run eagerly, without graphs: the tests check their
+outputs against the reference decoder's for every router and KV strategy.
+
+Shape legend: B batch, b rows of a bucket, D d_model, H query heads, G key/value
+heads, E head size, C slot capacity, N new tokens, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from morsearch.model.decoding import DECODE_RULES, Generation, choose_tokens
+from morsearch.model.kv_cache import KVCache, shared_source, writes_own_kv
+from morsearch.model.layers import apply_rope
+from morsearch.model.mor import MoRModel
+from morsearch.model.sharing import Application
+
+Family = Hashable  # "pre", "post" or a recursion step: slots written by the same tokens
+
+
+def bucket_sizes(batch_size: int) -> list[int]:
+    """Row counts a step graph is captured for: powers of two, then eighths of the batch."""
+    eighth = max(8, math.ceil(batch_size / 8))
+    sizes = {min(batch_size, 2**k) for k in range(batch_size.bit_length() + 1)}
+    return sorted(sizes | set(range(eighth, batch_size, eighth)) | {batch_size})
+
+
+@dataclass
+class _Lengths:
+    """Entries per row of every slot of one family (B+1,), and the family's capacity C."""
+
+    device: torch.Tensor
+    capacity: int
+
+
+@dataclass
+class _Read:
+    """How one call's rows write and read the slots of one family."""
+
+    cols: torch.Tensor | None  # (n,) entry each row writes; None: the call only reads
+    mask: torch.Tensor  # (n or B+1, 1, 1, C) valid entries
+    dense: bool  # attend over all B+1 rows in place, then pick the call's rows
+
+
+class _Workload:
+    """The static buffers (and, on CUDA, the graphs) of one batch size, length and cache layout."""
+
+    def __init__(self, model: MoRModel, cache: KVCache, capacities: dict[Family, int], new_tokens: int,
+                 keep_logits: bool, forced: bool) -> None:  # fmt: skip
+        cfg, like = model.cfg, model.embed.weight
+        B = cache.batch_size
+        rows = B + 1  # the last row is the scratch row that padding points at
+        self.batch_size, self.new_tokens = B, new_tokens
+        self.all_rows = torch.arange(B, device=like.device)
+        self.lengths = {f: _Lengths(torch.zeros(rows, dtype=torch.long, device=like.device), c)
+                        for f, c in capacities.items()}  # fmt: skip
+        self.families = {app: family_of(model, app) for app in cache.slots}
+        self.keys: dict[Application, torch.Tensor] = {}  # (B+1, G, C, E)
+        self.values: dict[Application, torch.Tensor] = {}
+        for app, slot in cache.slots.items():  # one slot at a time, freeing the prefill's copy
+            shape = (rows, cfg.kv_heads, self.lengths[self.families[app]].capacity, cfg.head_dim)
+            self.keys[app], self.values[app] = like.new_zeros(shape), like.new_zeros(shape)
+            self.adopt(app, slot.keys, slot.values)
+            slot.keys = slot.values = None
+        self.state = like.new_zeros(rows, 1, cfg.d_model)  # hidden state of each row's token
+        self.rule = DECODE_RULES[cfg.router](model, rows, self.state)
+        self.active = torch.zeros(rows, dtype=torch.bool, device=like.device)  # rows running the next step
+        self.count = torch.zeros((), dtype=torch.long, device=like.device)  # how many
+        self.step_tokens = torch.zeros(model.schedule.num_block_steps, dtype=torch.long, device=like.device)
+        self.current = torch.zeros(B, dtype=torch.long, device=like.device)  # token each row feeds next
+        self.position = torch.zeros(1, dtype=torch.long, device=like.device)  # its position
+        self.emitted = torch.zeros(1, dtype=torch.long, device=like.device)  # tokens emitted per row
+        self.tokens = torch.zeros(B, new_tokens, dtype=torch.long, device=like.device)
+        self.logits = like.new_zeros(B, new_tokens, cfg.vocab_size) if keep_logits else None
+        self.forced = torch.zeros(B, new_tokens, dtype=torch.long, device=like.device) if forced else None
+        self.graphs: dict[Hashable, torch.cuda.CUDAGraph] = {}
+        # which steps' rows depend on the routers (learned on the first, eager, run)
+        self.routed: dict[int, bool] = {}
+        # Every graph's intermediates die inside it and all state lives in the buffers
+        # above, so the graphs can share one memory pool (replayed one at a time).
+        self.pool = torch.cuda.graph_pool_handle() if like.is_cuda else None
+
+    def adopt(self, app: Application, keys: torch.Tensor | None, values: torch.Tensor | None) -> None:
+        """Copy a prefill slot's K/V (B, G, >= used, E) into the static buffers."""
+        if keys is None or values is None:
+            return
+        used = min(keys.shape[2], self.keys[app].shape[2])
+        self.keys[app][: self.batch_size, :, :used] = keys[:, :, :used]
+        self.values[app][: self.batch_size, :, :used] = values[:, :, :used]
+
+    def allocated_bytes(self) -> int:
+        return sum(k.nbytes + v.nbytes for k, v in zip(self.keys.values(), self.values.values(), strict=True))
+
+
+def family_of(model: MoRModel, app: Application) -> Family:
+    schedule = model.schedule
+    if app in schedule.pre_block:
+        return "pre"
+    if app in schedule.post_block:
+        return "post"
+    return app[1]
+
+
+class GraphedDecoder:
+    """Lockstep decoding from static buffers; CUDA graphs on the GPU (module docstring)."""
+
+    def __init__(self, model: MoRModel) -> None:
+        self.model, self.cfg, self.schedule = model, model.cfg, model.schedule
+        self.workload: _Workload | None = None
+        self.workload_key: tuple[object, ...] | None = None
+
+    # --- one call's rows: where they write, what they read ------------------------------------
+
+    def _plan(self, w: _Workload, family: Family, rows: torch.Tensor, writes: bool) -> _Read:
+        """Advance the family's lengths for ``rows`` if they write; the mask of their read."""
+        lengths = w.lengths[family]
+        cols = None
+        if writes:
+            cols = lengths.device[rows]
+            lengths.device[rows] = cols + 1
+            lengths.device[w.batch_size] = 0  # the scratch row writes entry 0, always
+        dense = 3 * rows.shape[0] >= w.batch_size + 1  # over a third of the rows: read in place
+        valid = lengths.device if dense else lengths.device[rows]
+        mask = torch.arange(lengths.capacity, device=rows.device) < valid.unsqueeze(1)
+        mask |= ~mask.any(dim=-1, keepdim=True)  # a row with no entries (scratch): no NaN
+        return _Read(cols, mask.view(-1, 1, 1, lengths.capacity), dense)
+
+    def _layers(
+        self, w: _Workload, applications: tuple[Application, ...], x: torch.Tensor, rows: torch.Tensor
+    ) -> torch.Tensor:
+        """The layer applications on x (n, 1, D) of ``rows``, every row at the same step."""
+        model, B = self.model, w.batch_size
+        rope = model.rope(w.position.view(1, 1))  # lockstep: one position for every row
+        plans: dict[Family, _Read] = {}
+        for app in applications:
+            layer = model.layers[app[0]]
+            attn, n = layer.attn, x.shape[0]
+            H, G, E = attn.num_heads, attn.num_kv_heads, attn.head_dim
+            writes = writes_own_kv(self.cfg, app)
+            source = app if writes else shared_source(app)
+            family = w.families[source]
+            if family not in plans:
+                plans[family] = self._plan(w, family, rows, writes)
+            read = plans[family]
+            a = layer.attn_norm(x)
+            q = attn.q_proj(a).view(n, 1, H, E).transpose(1, 2)  # (n, H, 1, E)
+            if writes:
+                assert read.cols is not None
+                k = attn.k_proj(a).view(n, 1, G, E).transpose(1, 2)  # (n, G, 1, E)
+                qk = apply_rope(torch.cat((q, k), dim=1), *rope)
+                q = qk[:, :H]
+                w.keys[app][rows, :, read.cols] = qk[:, H:, 0]
+                w.values[app][rows, :, read.cols] = attn.v_proj(a).view(n, G, E)
+            else:
+                q = apply_rope(q, *rope)
+            keys, values = w.keys[source], w.values[source]  # (B+1, G, C, E)
+            if read.dense:  # queries of the other rows are zeros, their outputs dropped
+                q_all = q.new_zeros(B + 1, H, 1, E).index_copy_(0, rows, q)
+                out = F.scaled_dot_product_attention(q_all, keys, values, attn_mask=read.mask, enable_gqa=H != G)
+                out = out[rows]
+            else:
+                out = F.scaled_dot_product_attention(
+                    q, keys[rows], values[rows], attn_mask=read.mask, enable_gqa=H != G
+                )  # fmt: skip
+            x = x + attn.o_proj(out.transpose(1, 2).reshape(n, 1, H * E))
+            x = x + layer.mlp(layer.mlp_norm(x))
+        return x
+
+    def _set_active(self, w: _Workload, rows: torch.Tensor, keep: torch.Tensor | None, valid: torch.Tensor) -> None:
+        """Rows that run the next step: the valid ``rows`` the router keeps (all if None)."""
+        w.active.zero_()
+        w.active[rows] = valid if keep is None else keep & valid
+        w.active[w.batch_size] = False
+        w.count.copy_(w.active.sum())
+
+    # --- the three parts of a decode step (each one graph) --------------------------------------
+
+    def _enter(self, w: _Workload) -> bool:
+        """The fed tokens through the pre-block layers into step 0; True if routers pick its rows."""
+        rows = w.all_rows
+        x = self.model.embed(w.current).unsqueeze(1)  # (B, 1, D)
+        x = self._layers(w, self.schedule.pre_block, x, rows)
+        w.state[: w.batch_size] = x
+        if not self.schedule.num_block_steps:
+            return False
+        w.rule.enter(rows, x)
+        keep = w.rule.decide(0, rows, x)
+        self._set_active(w, rows, keep, torch.ones_like(rows, dtype=torch.bool))
+        return keep is not None
+
+    def _step(self, w: _Workload, step: int, size: int) -> bool:
+        """Recursion ``step`` on the first ``size`` active rows (padded); True if step+1 is routed."""
+        B = w.batch_size
+        # the active rows in order, then the scratch row: each active row's rank is its place
+        rank = torch.cumsum(w.active[:B], dim=0) - 1
+        place = torch.where(w.active[:B] & (rank < size), rank, size)  # the rest land in a dump entry
+        picked = torch.full((size + 1,), B, dtype=torch.long, device=rank.device).scatter_(0, place, w.all_rows)
+        rows = picked[:size]
+        valid = torch.arange(size, device=rows.device) < w.count
+        w.step_tokens[step] += w.count
+        h_in = w.state[rows]  # (b, 1, D)
+        out = self._layers(w, tuple((layer, step) for layer in self.schedule.block), h_in, rows)
+        h = w.rule.merge(rows, step, h_in, out)
+        w.state[rows] = h
+        if step + 1 == self.schedule.num_block_steps:
+            return False
+        keep = w.rule.decide(step + 1, rows, h)
+        self._set_active(w, rows, keep, valid)
+        return keep is not None
+
+    def _exit(self, w: _Workload) -> None:
+        """Post-block layers, norm and head for every row; emit and feed the next token."""
+        model, B = self.model, w.batch_size
+        x = self._layers(w, self.schedule.post_block, w.state[:B], w.all_rows)
+        x = model.norm(x)[:, 0]  # (B, D)
+        self._emit(w, model.lm_head(x) if model.lm_head is not None else F.linear(x, model.embed.weight))
+        w.position += 1
+
+    def _emit(self, w: _Workload, logits: torch.Tensor) -> None:
+        """Choose each row's next token from its logits (B, V) and store it."""
+        cols = w.emitted.expand(w.batch_size)
+        token = choose_tokens(logits, w.forced, w.all_rows, cols)
+        w.tokens.index_copy_(1, w.emitted, token.unsqueeze(1))
+        if w.logits is not None:
+            w.logits.index_copy_(1, w.emitted, logits.unsqueeze(1))
+        w.current.copy_(token)
+        w.emitted += 1
+
+    def _run(self, w: _Workload, key: Hashable, part: Callable[[], bool | None]) -> bool | None:
+        """Run one part: eagerly the first time (and always on the CPU), then as a CUDA graph."""
+        graph = w.graphs.get(key)
+        if graph is not None:
+            graph.replay()
+            return None
+        result = part()  # the real work of this call, and the warm-up of the capture
+        if w.pool is not None:
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=w.pool):  # records the kernels, runs none
+                part()
+            w.graphs[key] = graph
+        return result
+
+    # --- generation -----------------------------------------------------------------------------
+
+    def _workload(self, cache: KVCache, new_tokens: int, keep_logits: bool, forced: bool) -> _Workload:
+        """This generation's static buffers, holding the prefill's K/V (reused when the layout repeats)."""
+        model = self.model
+        families: dict[Family, list[Application]] = {}
+        for app in cache.slots:
+            families.setdefault(family_of(model, app), []).append(app)
+        lengths = {f: cache.slots[apps[0]].lengths for f, apps in families.items()}
+        filled = torch.stack([t for t in lengths.values() if t is not None]).max(dim=1).values.tolist()
+        used = iter(filled)
+        capacities = {f: (next(used) if t is not None else 0) + new_tokens - 1 for f, t in lengths.items()}
+        key = (cache.batch_size, new_tokens, tuple(capacities.items()), keep_logits, forced)
+        if key == self.workload_key and self.workload is not None:
+            w = self.workload
+            for app, slot in cache.slots.items():
+                w.adopt(app, slot.keys, slot.values)
+                slot.keys = slot.values = None
+        else:
+            self.workload = None  # free the old buffers and graphs first
+            w = self.workload = _Workload(model, cache, capacities, new_tokens, keep_logits, forced)
+            self.workload_key = key
+        B = cache.batch_size
+        for family, prefilled in lengths.items():
+            w.lengths[family].device[:B] = 0 if prefilled is None else prefilled
+            w.lengths[family].device[B] = 0
+        return w
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        prompt: torch.Tensor,
+        new_tokens: int,
+        forced: torch.Tensor | None = None,
+        keep_logits: bool = False,
+        on_iteration: Callable[[], None] | None = None,
+    ) -> Generation:
+        """Greedy (or forced) generation of ``new_tokens`` after ``prompt`` (B, P)."""
+        model, nr = self.model, self.schedule.num_block_steps
+        B, P = prompt.shape
+        cache = model.new_cache(B)
+        first_logits = model(prompt, cache=cache).logits[:, -1]  # (B, V)
+        w = self._workload(cache, new_tokens, keep_logits, forced is not None)
+        del cache
+        if w.forced is not None and forced is not None:
+            w.forced.copy_(forced)
+        w.emitted.zero_()
+        w.position.fill_(P)
+        w.step_tokens.zero_()
+        self._emit(w, first_logits)
+        if on_iteration is not None:
+            on_iteration()
+        sizes, block_calls = bucket_sizes(B), 0
+        for _ in range(new_tokens - 1):
+            routed = self._run(w, "enter", lambda: self._enter(w))
+            if routed is not None:
+                w.routed[0] = routed
+            for step in range(nr):
+                size = B
+                if w.routed[step]:
+                    count = int(w.count)  # the decode step's one host sync per routed step
+                    if count == 0:
+                        break  # routing is nested: no token reaches a deeper step either
+                    size = next(s for s in sizes if s >= count)
+                routed = self._run(w, (step, size), lambda step=step, size=size: self._step(w, step, size))
+                if routed is not None:
+                    w.routed[step + 1] = routed
+                block_calls += 1
+            self._run(w, "exit", lambda: self._exit(w))
+            if on_iteration is not None:
+                on_iteration()
+        return Generation(
+            tokens=w.tokens.clone(),
+            logits=None if w.logits is None else w.logits.clone(),
+            emissions=[list(range(B))] * new_tokens,
+            step_tokens=w.step_tokens.tolist(),
+            cache_bytes=w.allocated_bytes(),
+            block_calls=block_calls,
+        )

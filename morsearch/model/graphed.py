@@ -149,7 +149,7 @@ class GraphedDecoder:
         if writes:
             cols = lengths.device[rows]
             lengths.device[rows] = cols + 1
-            lengths.device[w.batch_size] = 0  # the scratch row writes entry 0, always
+            lengths.device[w.batch_size :].zero_()  # the scratch row writes entry 0, always (no host scalar: capturable)
         dense = 3 * rows.shape[0] >= w.batch_size + 1  # over a third of the rows: read in place
         valid = lengths.device if dense else lengths.device[rows]
         mask = torch.arange(lengths.capacity, device=rows.device) < valid.unsqueeze(1)
@@ -201,7 +201,7 @@ class GraphedDecoder:
         """Rows that run the next step: the valid ``rows`` the router keeps (all if None)."""
         w.active.zero_()
         w.active[rows] = valid if keep is None else keep & valid
-        w.active[w.batch_size] = False
+        w.active[w.batch_size :].zero_()
         w.count.copy_(w.active.sum())
 
     # --- the three parts of a decode step (each one graph) --------------------------------------

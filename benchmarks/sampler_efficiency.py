@@ -27,8 +27,12 @@ Run: ``python -m benchmarks.sampler_efficiency`` (quickstart space, 3 seeds; add
 ``--spaces quickstart paper`` on a GPU), or ``--quick`` (a shrunken quickstart, 1 seed,
 stock vs tpe vs random: a few minutes on a CPU). The paper space as written (96
 trials of 3e15 FLOPs) takes days per run; ``--trials 24 --budget-flops 3e13 --jobs 8``
-makes a run of all samplers fit a GPU session, with the searches sharing the GPU (their
-device seconds then include that sharing, alike for every run).
+is meant to fit a GPU session, with the searches sharing the GPU (their device seconds
+then include that sharing, alike for every run); it did not: on an H200 no search of
+16-20 trials finished within 225-570 s. ``--time-limit S`` stops every search after S
+seconds (its trial in flight is stopped) and summarises the trials that finished, so a
+run fits the time it is given; give ``--jobs`` at least the number of searches, so that
+all start together and get the same time.
 """
 
 from __future__ import annotations
@@ -38,13 +42,16 @@ import concurrent.futures as cf
 import contextlib
 import math
 import multiprocessing
+import os
 import tempfile
+import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import optuna
+import torch
 import yaml
 
 from benchmarks.common import RESULTS, target, write_result
@@ -57,7 +64,7 @@ from morsearch.search.objective import SearchObjective
 from morsearch.search.samplers import SAMPLERS, make_sampler
 from morsearch.search.space import load_search_space
 from morsearch.search.study import create_study, open_storage
-from morsearch.search.worker import Worker
+from morsearch.search.worker import GracefulStop, Worker
 
 SPACES = Path(__file__).parents[1] / "search_spaces"
 
@@ -80,8 +87,23 @@ def quick_space_file(folder: Path, n_trials: int) -> Path:
     return path
 
 
-def run_search(space: SearchSpace, run: str, seed: int, folder: Path, n_trials: int) -> dict[str, Any]:
-    """One search; returns its per-trial history."""
+class SearchJob(NamedTuple):
+    """One search of ``main``'s runs, as sent to a worker process."""
+
+    path: Path
+    budget_flops: float | None
+    run: str
+    seed: int
+    folder: Path
+    n_trials: int
+    deadline: float | None  # time.time() at which the search stops (--time-limit)
+    threads: int | None  # torch CPU threads of the process (None: torch's default)
+
+
+def run_search(
+    space: SearchSpace, run: str, seed: int, folder: Path, n_trials: int, deadline: float | None = None
+) -> dict[str, Any]:
+    """One search; returns its per-trial history. At ``deadline`` its trial in flight is stopped."""
     stock = run == "stock"
     no_es = run.endswith("-no-es")
     sampler_name = space.sampler.name if stock or no_es else run
@@ -97,17 +119,26 @@ def run_search(space: SearchSpace, run: str, seed: int, folder: Path, n_trials: 
     )
     started = time.perf_counter()
     error = None
+    stop = GracefulStop()
+    timer = threading.Timer(max(0.0, deadline - time.time()), stop.event.set) if deadline else None
+    if timer:
+        timer.daemon = True
+        timer.start()
     try:
-        Worker(study, rdb, engine, objective, n_trials).run()
+        Worker(study, rdb, engine, objective, n_trials, stop=stop).run()
     except MorsearchError as exc:  # e.g. a sampler that keeps proposing configurations beyond the caps
         error = str(exc)
         print(f"{space.study_name:12s} seed {seed} {run:12s} stopped: {error}", flush=True)
+    finally:
+        if timer:
+            timer.cancel()
     wall = time.perf_counter() - started
     history = []
     seconds = 0.0
     reference = reference_point(space)
     directions = space.directions
-    trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.datetime_complete or t.datetime_start)
+    finished = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]  # not queued or cut off
+    trials = sorted(finished, key=lambda t: t.datetime_complete or t.datetime_start)
     for i, trial in enumerate(trials):
         seconds += float(trial.user_attrs.get("gpu_seconds", 0.0))
         front = pareto_front(trials[: i + 1], directions)
@@ -124,13 +155,22 @@ def run_search(space: SearchSpace, run: str, seed: int, folder: Path, n_trials: 
         )
     rdb.engine.dispose()
     store.dispose_engines()
-    return {"run": run, "seed": seed, "wall_seconds": wall, "history": history, "error": error}
+    return {
+        "run": run,
+        "seed": seed,
+        "wall_seconds": wall,
+        "history": history,
+        "error": error,
+        "stopped_by_time_limit": stop.event.is_set(),
+    }
 
 
-def run_search_job(job: tuple[Path, float | None, str, int, Path, int]) -> dict[str, Any]:
+def run_search_job(job: SearchJob) -> dict[str, Any]:
     """``run_search`` in a worker process of ``--jobs`` (the space is loaded there)."""
-    path, budget_flops, run, seed, folder, n_trials = job
-    return run_search(load_space(path, budget_flops), run, seed, folder, n_trials)
+    if job.threads:  # searches share the cores: one spinning thread pool per core each slows all
+        torch.set_num_threads(job.threads)
+    space = load_space(job.path, job.budget_flops)
+    return run_search(space, job.run, job.seed, job.folder, job.n_trials, job.deadline)
 
 
 def load_space(path: Path, budget_flops: float | None) -> SearchSpace:
@@ -159,7 +199,7 @@ def summarise(space: SearchSpace, runs: list[str], results: list[dict[str, Any]]
                 "final_hypervolume_median": float(np.median([r["history"][-1]["hypervolume"] or 0 for r in mine])),
                 "device_seconds_median": float(np.median([r["history"][-1]["device_seconds"] for r in mine])),
             }
-    best = max(numbers["final_hypervolume_median"] for numbers in summary.values())
+    best = max((numbers["final_hypervolume_median"] for numbers in summary.values()), default=0.0)
     for run, numbers in summary.items():
         mine = [r for r in results if r["run"] == run and r["history"]]
         reach = [seconds_to_reach(r["history"], 0.9 * best) for r in mine]
@@ -192,9 +232,14 @@ def main() -> None:
     parser.add_argument(
         "--jobs", type=int, default=1, help="Searches at once, in separate processes (they share the device)."
     )
+    parser.add_argument(
+        "--time-limit", type=float, default=None, help="Stop every search after this many seconds (per space)."
+    )
     args = parser.parse_args()
     if args.jobs < 1:
         parser.error(f"--jobs {args.jobs}: give at least 1")
+    if args.time_limit is not None and args.time_limit <= 0:
+        parser.error(f"--time-limit {args.time_limit:g}: give a positive number of seconds")
     seeds = list(range(args.seeds or (1 if args.quick else 3)))
     samplers = args.samplers or (["tpe", "random"] if args.quick else list(SAMPLERS))
     raw: dict[str, Any] = {
@@ -203,6 +248,7 @@ def main() -> None:
         "samplers": samplers,
         "budget_flops_override": args.budget_flops,
         "jobs": args.jobs,
+        "time_limit_seconds": args.time_limit,
     }
     targets: dict[str, dict[str, Any]] = {}
     result_name = "sampler_efficiency" + ("_quick" if args.quick else "")
@@ -217,7 +263,13 @@ def main() -> None:
             space = load_space(path, args.budget_flops)
             n_trials = args.trials or space.n_trials
             runs = ["stock", *samplers, f"{space.sampler.name}-no-es"]
-            jobs = [(path, args.budget_flops, run, seed, folder, n_trials) for seed in seeds for run in runs]
+            deadline = time.time() + args.time_limit if args.time_limit else None
+            threads = max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else None
+            jobs = [
+                SearchJob(path, args.budget_flops, run, seed, folder, n_trials, deadline, threads)
+                for seed in seeds
+                for run in runs
+            ]
             results = []
             parallel = args.jobs > 1
             spawn = multiprocessing.get_context("spawn")

@@ -298,13 +298,14 @@ def worker_env(
 
     With ``gpus``, worker ``i`` sees only ``gpus[i % len(gpus)]`` (``CUDA_VISIBLE_DEVICES``; its
     ``cuda`` is that GPU), so several workers share one GPU when there are more workers than GPUs.
-    Without, CPU workers split the cores (``OMP_NUM_THREADS``) unless the caller set a thread count.
+    Workers split the CPU cores (``OMP_NUM_THREADS``) unless the caller set a thread count:
+    GPU workers too, whose host-side work (data, decode dispatch) slows down when every
+    worker's thread pool spins on every core.
     """
     env = dict(os.environ if base is None else base)
     if gpus:
         env["CUDA_VISIBLE_DEVICES"] = str(gpus[index % len(gpus)])
-    elif "OMP_NUM_THREADS" not in env:
-        # CPU workers share the cores instead of each spawning one thread per core.
+    if "OMP_NUM_THREADS" not in env:
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // max(workers, 1)))
     return env
 

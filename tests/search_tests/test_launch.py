@@ -43,9 +43,10 @@ def test_gpus_are_dealt_round_robin_with_several_workers_per_gpu() -> None:
     assert worker_env(1, 2, [4, 6], base={"CUDA_VISIBLE_DEVICES": "0,1,2"})["CUDA_VISIBLE_DEVICES"] == "6"
 
 
-def test_cpu_workers_split_the_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_workers_split_the_cores(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(launch_module.os, "cpu_count", lambda: 8)
     assert worker_env(0, 2, None, base={})["OMP_NUM_THREADS"] == "4"
+    assert worker_env(3, 4, [0, 1], base={})["OMP_NUM_THREADS"] == "2"  # GPU workers as well
     assert worker_env(0, 16, None, base={})["OMP_NUM_THREADS"] == "1"  # never 0
     assert worker_env(0, 2, [], base={"OMP_NUM_THREADS": "3"})["OMP_NUM_THREADS"] == "3"  # the user's choice wins
     env = worker_env(0, 2, None, base={"CUDA_VISIBLE_DEVICES": "2"})

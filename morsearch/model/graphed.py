@@ -149,7 +149,7 @@ class GraphedDecoder:
         if writes:
             cols = lengths.device[rows]
             lengths.device[rows] = cols + 1
-            lengths.device[w.batch_size :].zero_()  # the scratch row writes entry 0, always (no host scalar: capturable)
+            lengths.device[w.batch_size :].zero_()  # the scratch row always writes entry 0 (a slice: capturable)
         dense = 3 * rows.shape[0] >= w.batch_size + 1  # over a third of the rows: read in place
         valid = lengths.device if dense else lengths.device[rows]
         mask = torch.arange(lengths.capacity, device=rows.device) < valid.unsqueeze(1)

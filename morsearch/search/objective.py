@@ -34,7 +34,7 @@ from morsearch.config.space import METRICS, SearchSpace
 from morsearch.errors import ConfigError
 from morsearch.search.distributions import ATTR_BASELINE, TrialSpec, suggest, violates_caps
 from morsearch.search.pruning import EarlyStopping, peer_metric_values
-from morsearch.search.samplers import constraint_values
+from morsearch.search.samplers import set_constraints
 from morsearch.search.worker import (
     PREFILTERED_ATTR,
     GracefulStop,
@@ -228,12 +228,6 @@ class SearchObjective:
     def _values(self, metrics: Mapping[str, float]) -> tuple[float, ...]:
         return tuple(metrics[objective.metric] for objective in self.space.objectives)
 
-    def _set_constraints(self, trial: optuna.Trial, metrics: Mapping[str, float]) -> dict[str, float]:
-        values = constraint_values(self.space, metrics)
-        for name, value in values.items():
-            trial.set_constraint(name, value)
-        return values
-
     def _finished(
         self,
         trial: optuna.Trial,
@@ -258,12 +252,12 @@ class SearchObjective:
         if measurement is None:  # stopped early: quality alone decided, nothing measured
             return Outcome(TrialState.PRUNED, record=store.TrialRecord(**record, state="pruned"), attrs=attrs)
         metrics = metric_values(spec, result, measurement)
-        constraints = self._set_constraints(trial, metrics)
+        constraints = set_constraints(trial, self.space, metrics)
         record.update(objectives=metrics, constraints=constraints, measurement=measurement.to_dict())
         return Outcome(TrialState.COMPLETE, self._values(metrics), store.TrialRecord(**record, state="complete"), attrs)
 
     def _reused(self, trial: optuna.Trial, base: dict[str, Any], cached: store.TrialRecord) -> Outcome:
-        constraints = self._set_constraints(trial, cached.objectives or {})
+        constraints = set_constraints(trial, self.space, cached.objectives or {})
         origin = f"{cached.study_name}#{cached.trial_number}"
         record = store.TrialRecord(
             **base,

@@ -141,14 +141,18 @@ def measure(
     if target.decode_tokens == "random":
         forced = torch.randint(0, cfg.vocab_size, (target.batch_size, target.new_tokens), generator=generator)
         forced = forced.to(device)
-    run = DECODERS[decoder](model)
     B, P, N = target.batch_size, target.prompt_len, target.new_tokens
 
     with torch.inference_mode():
+        warm = DECODERS[decoder](model)
         for _ in range(target.warmup):
-            run.generate(prompt, N, forced)
-        with PeakMemory(device) as peak:  # a new decoder: what it allocates counts (graphed keeps buffers)
-            generation = DECODERS[decoder](model).generate(prompt, N, forced)
+            warm.generate(prompt, N, forced)
+        # A decoder may keep buffers between generations (graphed does): the monitored
+        # generation gets a new one, so what it allocates counts, and only one is alive.
+        del warm
+        run = DECODERS[decoder](model)
+        with PeakMemory(device) as peak:
+            generation = run.generate(prompt, N, forced)
 
         clock = Clock(device)
         prefill_s, decode_s, latencies = [], [], []

@@ -1,6 +1,6 @@
 """Where a training step's GPU time goes: torch.profiler over train_step's models.
 
-python -m benchmarks.profile_train_step recursive mor_ec     # prints the top kernels of each
+    python -m benchmarks.profile_train_step recursive mor_ec     # prints the top kernels of each
 """
 
 from __future__ import annotations

@@ -181,11 +181,7 @@ def main() -> None:
 
     cfgs = configs(args.quick)
     raw: dict[str, object] = {
-        "batch": batch,
-        "seq_len": seq,
-        "steps_per_window": steps,
-        "compile": args.compile,
-        "models": {},
+        "batch": batch, "seq_len": seq, "steps_per_window": steps, "compile": args.compile, "models": {},
     }
     models: dict[str, dict] = raw["models"]  # type: ignore[assignment]
     anchor = AnchorGPT(cfgs["vanilla"]).to(device)

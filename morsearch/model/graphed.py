@@ -76,15 +76,24 @@ class _Read:
 class _Workload:
     """The static buffers (and, on CUDA, the graphs) of one batch size, length and cache layout."""
 
-    def __init__(self, model: MoRModel, cache: KVCache, capacities: dict[Family, int], new_tokens: int,
-                 keep_logits: bool, forced: bool) -> None:  # fmt: skip
+    def __init__(
+        self,
+        model: MoRModel,
+        cache: KVCache,
+        capacities: dict[Family, int],
+        new_tokens: int,
+        keep_logits: bool,
+        forced: bool,
+    ) -> None:
         cfg, like = model.cfg, model.embed.weight
         B = cache.batch_size
         rows = B + 1  # the last row is the scratch row that padding points at
-        self.batch_size, self.new_tokens = B, new_tokens
+        self.batch_size = B
         self.all_rows = torch.arange(B, device=like.device)
-        self.lengths = {f: _Lengths(torch.zeros(rows, dtype=torch.long, device=like.device), c)
-                        for f, c in capacities.items()}  # fmt: skip
+        self.lengths = {
+            family: _Lengths(torch.zeros(rows, dtype=torch.long, device=like.device), capacity)
+            for family, capacity in capacities.items()
+        }
         self.families = {app: family_of(model, app) for app in cache.slots}
         self.keys: dict[Application, torch.Tensor] = {}  # (B+1, G, C, E)
         self.values: dict[Application, torch.Tensor] = {}
@@ -124,6 +133,7 @@ class _Workload:
 
 
 def family_of(model: MoRModel, app: Application) -> Family:
+    """The slots an application's K/V share their lengths with: pre-block, post-block, or its step."""
     schedule = model.schedule
     if app in schedule.pre_block:
         return "pre"
@@ -192,7 +202,7 @@ class GraphedDecoder:
             else:
                 out = F.scaled_dot_product_attention(
                     q, keys[rows], values[rows], attn_mask=read.mask, enable_gqa=H != G
-                )  # fmt: skip
+                )
             x = x + attn.o_proj(out.transpose(1, 2).reshape(n, 1, H * E))
             x = x + layer.mlp(layer.mlp_norm(x))
         return x
@@ -279,10 +289,11 @@ class GraphedDecoder:
         families: dict[Family, list[Application]] = {}
         for app in cache.slots:
             families.setdefault(family_of(model, app), []).append(app)
-        lengths = {f: cache.slots[apps[0]].lengths for f, apps in families.items()}
-        filled = torch.stack([t for t in lengths.values() if t is not None]).max(dim=1).values.tolist()
-        used = iter(filled)
-        capacities = {f: (next(used) if t is not None else 0) + new_tokens - 1 for f, t in lengths.items()}
+        lengths = {f: cache.slots[apps[0]].lengths for f, apps in families.items()}  # equal within a family
+        written = [f for f, t in lengths.items() if t is not None]
+        longest = torch.stack([lengths[f] for f in written]).amax(dim=1).tolist() if written else []  # one sync
+        filled = dict(zip(written, longest, strict=True))
+        capacities = {f: filled.get(f, 0) + new_tokens - 1 for f in lengths}
         key = (cache.batch_size, new_tokens, tuple(capacities.items()), keep_logits, forced)
         if key == self.workload_key and self.workload is not None:
             w = self.workload
@@ -295,8 +306,9 @@ class GraphedDecoder:
             self.workload_key = key
         B = cache.batch_size
         for family, prefilled in lengths.items():
-            w.lengths[family].device[:B] = 0 if prefilled is None else prefilled
-            w.lengths[family].device[B] = 0
+            w.lengths[family].device.zero_()
+            if prefilled is not None:
+                w.lengths[family].device[:B] = prefilled
         return w
 
     @torch.inference_mode()

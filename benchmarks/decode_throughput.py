@@ -23,11 +23,13 @@ Random expert-choice routers keep about half of the surviving tokens at every st
 the mean direction of its inputs until its share matches the schedule, so the depth
 statistics are those of a trained model; the realised shares are recorded.
 
-On an H100 the whole run takes about 15 minutes; split it to fit a time limit:
+Most of a run's time goes to the eager comparison decoders (an H200 took 380 s for 9
+variants at batch 32 and 256 with the profile, 2 of them eager); split a whole run to fit
+a time limit:
 ``--part 1/3``, then ``--part 2/3 --merge``, ``--part 3/3 --merge`` (the last part profiles).
 Every part times vanilla again and compares its own models with that vanilla. The result file is
 rewritten after every measurement, so a run cut short keeps what it measured.
-``--no-profile`` skips the closing torch.profiler pass (vanilla and mor3-ec-cache at batch 32:
+``--no-profile`` skips the closing torch.profiler pass (vanilla and mor3-ec-cache, graphed and eager, at batch 32:
 host time, device-busy time, op and kernel counts, top ops), which says where the time goes.
 
 Targets: at batch >= 32, MoR Nr=3 (expert-choice, recursion-wise caching) decodes >= 1.5x

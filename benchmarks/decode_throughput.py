@@ -23,8 +23,8 @@ Random expert-choice routers keep about half of the surviving tokens at every st
 the mean direction of its inputs until its share matches the schedule, so the depth
 statistics are those of a trained model; the realised shares are recorded.
 
-Most of a run's time goes to the eager comparison decoders (an H200 took 380 s for 9
-variants at batch 32 and 256 with the profile, 2 of them eager); split a whole run to fit
+Most of a run's time goes to the eager comparison decoders (on an H200, 9 variants at
+batch 32 and 256, 2 of them eager, took 400 s with the profile unfinished); split a run to fit
 a time limit:
 ``--part 1/3``, then ``--part 2/3 --merge``, ``--part 3/3 --merge`` (the last part profiles).
 Every part times vanilla again and compares its own models with that vanilla. The result file is

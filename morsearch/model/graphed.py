@@ -152,25 +152,32 @@ class GraphedDecoder:
 
     # --- one call's rows: where they write, what they read ------------------------------------
 
-    def _plan(self, w: _Workload, family: Family, rows: torch.Tensor, writes: bool) -> _Read:
-        """Advance the family's lengths for ``rows`` if they write; the mask of their read."""
-        lengths = w.lengths[family]
+    def _plan(self, w: _Workload, family: Family, rows: torch.Tensor | None, writes: bool) -> _Read:
+        """Advance the family's lengths for ``rows`` (None: all B, in order) if they write; their read."""
+        B, lengths = w.batch_size, w.lengths[family]
         cols = None
         if writes:
-            cols = lengths.device[rows]
-            lengths.device[rows] = cols + 1
-            lengths.device[w.batch_size :].zero_()  # the scratch row always writes entry 0 (a slice: capturable)
-        dense = 3 * rows.shape[0] >= w.batch_size + 1  # over a third of the rows: read in place
-        valid = lengths.device if dense else lengths.device[rows]
-        mask = torch.arange(lengths.capacity, device=rows.device) < valid.unsqueeze(1)
+            cols = lengths.device[w.all_rows if rows is None else rows]  # a gather: a copy
+            if rows is None:
+                lengths.device[:B] += 1
+            else:
+                lengths.device[rows] = cols + 1
+                lengths.device[B:].zero_()  # the scratch row always writes entry 0 (a slice: capturable)
+        dense = rows is not None and 3 * rows.shape[0] >= B + 1  # over a third of the rows: read in place
+        if rows is None:
+            valid = lengths.device[:B]
+        else:
+            valid = lengths.device if dense else lengths.device[rows]
+        mask = torch.arange(lengths.capacity, device=valid.device) < valid.unsqueeze(1)
         mask |= ~mask.any(dim=-1, keepdim=True)  # a row with no entries (scratch): no NaN
         return _Read(cols, mask.view(-1, 1, 1, lengths.capacity), dense)
 
     def _layers(
-        self, w: _Workload, applications: tuple[Application, ...], x: torch.Tensor, rows: torch.Tensor
+        self, w: _Workload, applications: tuple[Application, ...], x: torch.Tensor, rows: torch.Tensor | None
     ) -> torch.Tensor:
-        """The layer applications on x (n, 1, D) of ``rows``, every row at the same step."""
+        """The layer applications on x (n, 1, D) of ``rows`` (None: all B, in order), all at one step."""
         model, B = self.model, w.batch_size
+        index = w.all_rows if rows is None else rows
         rope = model.rope(w.position.view(1, 1))  # lockstep: one position for every row
         plans: dict[Family, _Read] = {}
         for app in applications:
@@ -190,12 +197,14 @@ class GraphedDecoder:
                 k = attn.k_proj(a).view(n, 1, G, E).transpose(1, 2)  # (n, G, 1, E)
                 qk = apply_rope(torch.cat((q, k), dim=1), *rope)
                 q = qk[:, :H]
-                w.keys[app][rows, :, read.cols] = qk[:, H:, 0]
-                w.values[app][rows, :, read.cols] = attn.v_proj(a).view(n, G, E)
+                w.keys[app][index, :, read.cols] = qk[:, H:, 0]
+                w.values[app][index, :, read.cols] = attn.v_proj(a).view(n, G, E)
             else:
                 q = apply_rope(q, *rope)
             keys, values = w.keys[source], w.values[source]  # (B+1, G, C, E)
-            if read.dense:  # queries of the other rows are zeros, their outputs dropped
+            if rows is None:  # every row but the scratch one: the leading slice, no copy
+                out = F.scaled_dot_product_attention(q, keys[:B], values[:B], attn_mask=read.mask, enable_gqa=H != G)
+            elif read.dense:  # queries of the other rows are zeros, their outputs dropped
                 q_all = q.new_zeros(B + 1, H, 1, E).index_copy_(0, rows, q)
                 out = F.scaled_dot_product_attention(q_all, keys, values, attn_mask=read.mask, enable_gqa=H != G)
                 out = out[rows]
@@ -218,41 +227,50 @@ class GraphedDecoder:
 
     def _enter(self, w: _Workload) -> bool:
         """The fed tokens through the pre-block layers into step 0; True if routers pick its rows."""
-        rows = w.all_rows
         x = self.model.embed(w.current).unsqueeze(1)  # (B, 1, D)
-        x = self._layers(w, self.schedule.pre_block, x, rows)
+        x = self._layers(w, self.schedule.pre_block, x, None)
         w.state[: w.batch_size] = x
         if not self.schedule.num_block_steps:
             return False
-        w.rule.enter(rows, x)
-        keep = w.rule.decide(0, rows, x)
-        self._set_active(w, rows, keep, torch.ones_like(rows, dtype=torch.bool))
-        return keep is not None
+        w.rule.enter(w.all_rows, x)
+        keep = w.rule.decide(0, w.all_rows, x)
+        if keep is None:  # every row runs step 0: no active set to keep
+            return False
+        self._set_active(w, w.all_rows, keep, torch.ones_like(keep))
+        return True
 
-    def _step(self, w: _Workload, step: int, size: int) -> bool:
-        """Recursion ``step`` on the first ``size`` active rows (padded); True if step+1 is routed."""
+    def _step(self, w: _Workload, step: int, size: int | None) -> bool:
+        """Recursion ``step`` on the first ``size`` active rows, padded (None: every row, before
+        any router chose); True if the routers pick the rows of step+1."""
         B = w.batch_size
-        # the active rows in order, then the scratch row: each active row's rank is its place
-        rank = torch.cumsum(w.active[:B], dim=0) - 1
-        place = torch.where(w.active[:B] & (rank < size), rank, size)  # the rest land in a dump entry
-        picked = torch.full((size + 1,), B, dtype=torch.long, device=rank.device).scatter_(0, place, w.all_rows)
-        rows = picked[:size]
-        valid = torch.arange(size, device=rows.device) < w.count
-        w.step_tokens[step] += w.count
-        h_in = w.state[rows]  # (b, 1, D)
+        if size is None:
+            rows, valid = None, None
+            h_in = w.state[:B]
+            w.step_tokens[step] += B
+        else:  # the active rows in order, then the scratch row: each active row's rank is its place
+            rank = torch.cumsum(w.active[:B], dim=0) - 1
+            place = torch.where(w.active[:B] & (rank < size), rank, size)  # the rest land in a dump entry
+            picked = torch.full((size + 1,), B, dtype=torch.long, device=rank.device).scatter_(0, place, w.all_rows)
+            rows = picked[:size]
+            valid = torch.arange(size, device=rows.device) < w.count
+            w.step_tokens[step] += w.count
+            h_in = w.state[rows]  # (b, 1, D)
+        index = w.all_rows if rows is None else rows
         out = self._layers(w, tuple((layer, step) for layer in self.schedule.block), h_in, rows)
-        h = w.rule.merge(rows, step, h_in, out)
-        w.state[rows] = h
+        h = w.rule.merge(index, step, h_in, out)
+        w.state[index] = h
         if step + 1 == self.schedule.num_block_steps:
             return False
-        keep = w.rule.decide(step + 1, rows, h)
-        self._set_active(w, rows, keep, valid)
+        keep = w.rule.decide(step + 1, index, h)
+        if keep is None and valid is None:  # every row runs the next step too
+            return False
+        self._set_active(w, index, keep, torch.ones_like(index, dtype=torch.bool) if valid is None else valid)
         return keep is not None
 
     def _exit(self, w: _Workload) -> None:
         """Post-block layers, norm and head for every row; emit and feed the next token."""
         model, B = self.model, w.batch_size
-        x = self._layers(w, self.schedule.post_block, w.state[:B], w.all_rows)
+        x = self._layers(w, self.schedule.post_block, w.state[:B], None)
         x = model.norm(x)[:, 0]  # (B, D)
         self._emit(w, model.lm_head(x) if model.lm_head is not None else F.linear(x, model.embed.weight))
         w.position += 1
@@ -340,13 +358,17 @@ class GraphedDecoder:
             routed = self._run(w, "enter", lambda: self._enter(w))
             if routed is not None:
                 w.routed[0] = routed
+            everyone = True  # no router has chosen rows yet: every row runs, no picking
             for step in range(nr):
-                size = B
+                size: int | None = None
                 if w.routed[step]:
+                    everyone = False
                     count = int(w.count)  # the decode step's one host sync per routed step
                     if count == 0:
                         break  # routing is nested: no token reaches a deeper step either
                     size = next(s for s in sizes if s >= count)
+                elif not everyone:  # the rows of the step before, without a new choice
+                    size = B
                 routed = self._run(w, (step, size), lambda step=step, size=size: self._step(w, step, size))
                 if routed is not None:
                     w.routed[step + 1] = routed

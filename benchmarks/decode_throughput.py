@@ -5,12 +5,13 @@
 
 Models (issue "Measured memory and throughput ...", Speed), all with the same width and
 the same effective depth (unique layers x recursions, as the paper compares them):
-  vanilla               sharing none; timed with the CUDA-graph decoder, the row decoder
+  vanilla               sharing none; timed with the CUDA-graph decoder, the same with its
+                        layer calls compiled (vanilla@compiled), the row decoder
                         (vanilla@rows) and the model's own forward (vanilla@reference)
   recursive-nr{2,3,4}   Middle-Cycle, no routing (every token every step)
   mor{2,3,4}-{ec,tc}-{cache,share}
                         expert/token-choice routing, recursion-wise caching / recursive sharing
-  mor3-ec-cache@lockstep, @depthwise, @depthwise_deferred, @reference
+  mor3-ec-cache@lockstep, @depthwise, @depthwise_deferred, @reference, @compiled
                         the same model with the other decoders, to show where the speed comes from
 Each is measured by ``morsearch.measure.measure`` (warm-up, CUDA events, repeats, median)
 with the CUDA-graph decoder (``graphed``, measure()'s default on the GPU) unless named
@@ -55,7 +56,7 @@ from morsearch.model.decoders import DECODERS
 
 RESULTS_FILE = RESULTS / "decode_throughput.json"
 # vanilla's two decoders: the speed every other model is compared with
-ANCHORS = ("vanilla", "vanilla@rows", "vanilla@reference")
+ANCHORS = ("vanilla", "vanilla@compiled", "vanilla@rows", "vanilla@reference")
 
 
 def base_shape(quick: bool) -> dict[str, Any]:
@@ -86,6 +87,7 @@ def variants(quick: bool) -> dict[str, tuple[ModelConfig, str]]:
     base = base_shape(quick)
     found = {
         "vanilla": (ModelConfig(**base), "graphed"),
+        "vanilla@compiled": (ModelConfig(**base), "graphed_compiled"),
         "vanilla@rows": (ModelConfig(**base), "depthwise"),
         "vanilla@reference": (ModelConfig(**base), "reference"),
     }
@@ -98,6 +100,7 @@ def variants(quick: bool) -> dict[str, tuple[ModelConfig, str]]:
                 found[f"mor{nr}-{short}-{kv_short}"] = (cfg, "graphed")  # measure()'s default on the GPU
     for decoder in ("lockstep", "depthwise", "depthwise_deferred", "reference"):
         found[f"mor3-ec-cache@{decoder}"] = (found["mor3-ec-cache"][0], decoder)
+    found["mor3-ec-cache@compiled"] = (found["mor3-ec-cache"][0], "graphed_compiled")
     return found
 
 

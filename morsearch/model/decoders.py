@@ -20,4 +20,5 @@ DECODERS: dict[str, Callable[[MoRModel], ReferenceDecoder | RowDecoder | Graphed
     "depthwise": DepthwiseDecoder,
     "depthwise_deferred": DeferredDepthwiseDecoder,
     "graphed": GraphedDecoder,
+    "graphed_compiled": lambda model: GraphedDecoder(model, compile=True),
 }

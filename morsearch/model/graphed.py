@@ -143,12 +143,26 @@ def family_of(model: MoRModel, app: Application) -> Family:
 
 
 class GraphedDecoder:
-    """Lockstep decoding from static buffers; CUDA graphs on the GPU (module docstring)."""
+    """Lockstep decoding from static buffers; CUDA graphs on the GPU (module docstring).
 
-    def __init__(self, model: MoRModel) -> None:
+    Args:
+        model: The model to decode with (eval mode).
+        compile: ``torch.compile`` the layer calls before they are captured, so that a
+            layer's small elementwise kernels are fused (an experiment: it costs seconds
+            to minutes of compilation per workload, and its speed was not measured yet).
+    """
+
+    def __init__(self, model: MoRModel, compile: bool = False) -> None:
         self.model, self.cfg, self.schedule = model, model.cfg, model.schedule
         self.workload: _Workload | None = None
         self.workload_key: tuple[object, ...] | None = None
+        if compile:
+            import torch._dynamo
+
+            # one graph per kind of call (enter, each step, exit), then one with dynamic
+            # row counts per kind once a second bucket appears
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+            self._layers = torch.compile(self._layers)  # type: ignore[method-assign]
 
     # --- one call's rows: where they write, what they read ------------------------------------
 

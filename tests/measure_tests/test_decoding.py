@@ -17,6 +17,7 @@ ROUTED = [
     for kv in ("recursion_wise", "recursive_sharing")
 ]
 UNROUTED = [{"sharing": "none", "num_layers": 3, "num_recursions": 1}, {"sharing": "sequence"}]
+FAST = [name for name in DECODERS if name not in ("reference", "graphed_compiled")]  # compiling takes a minute
 B, P, N = 5, 6, 12
 
 
@@ -42,7 +43,7 @@ def test_decode_rules_cover_every_router() -> None:
 
 
 @pytest.mark.parametrize("changes", ROUTED + UNROUTED, ids=lambda c: "-".join(map(str, c.values())))
-@pytest.mark.parametrize("decoder", [name for name in DECODERS if name != "reference"])
+@pytest.mark.parametrize("decoder", FAST)
 def test_same_outputs_as_the_reference(tiny_model_config: ModelConfig, changes: dict, decoder: str) -> None:
     model = _model(tiny_model_config, **changes)
     forced = torch.randint(0, model.cfg.vocab_size, (B, N))
@@ -116,6 +117,17 @@ def test_graphed_reuses_its_buffers_across_generations(tiny_model_config: ModelC
         assert fast.step_tokens == reference.step_tokens
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("router", ["expert_choice", "token_choice"])
+def test_compiled_graphed_gives_the_reference_outputs(tiny_model_config: ModelConfig, router: str) -> None:
+    model = _model(tiny_model_config, router=router)
+    forced = torch.randint(0, model.cfg.vocab_size, (B, N))
+    reference, fast = _generate(model, "reference", forced), _generate(model, "graphed_compiled", forced)
+    assert fast.logits is not None and reference.logits is not None
+    torch.testing.assert_close(fast.logits, reference.logits, rtol=1e-4, atol=1e-5)
+    assert fast.step_tokens == reference.step_tokens
+
+
 def test_graphed_cache_holds_the_prefill_and_every_new_token(tiny_model_config: ModelConfig) -> None:
     model = _model(tiny_model_config, router="expert_choice")
     prompt = torch.randint(0, model.cfg.vocab_size, (B, P), generator=torch.Generator().manual_seed(1))
@@ -146,3 +158,17 @@ def test_graphed_replays_equal_the_reference_on_the_gpu(tiny_model_config: Model
         torch.testing.assert_close(fast.logits, reference.logits, rtol=1e-4, atol=1e-4)
         assert fast.step_tokens == reference.step_tokens
     assert decoder.workload is not None and decoder.workload.graphs
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_compiled_graphed_replays_equal_the_reference_on_the_gpu(tiny_model_config: ModelConfig) -> None:
+    model = _model(tiny_model_config, router="expert_choice").cuda()
+    prompt = torch.randint(0, model.cfg.vocab_size, (B, P), device="cuda")
+    forced = torch.randint(0, model.cfg.vocab_size, (B, N), device="cuda")
+    reference = DECODERS["reference"](model).generate(prompt, N, forced=forced, keep_logits=True)
+    decoder = DECODERS["graphed_compiled"](model)
+    for _ in range(2):
+        fast = decoder.generate(prompt, N, forced=forced, keep_logits=True)
+        assert fast.logits is not None and reference.logits is not None
+        torch.testing.assert_close(fast.logits, reference.logits, rtol=1e-4, atol=1e-4)

@@ -45,7 +45,7 @@ def measure(
     decoder: Annotated[
         str | None,
         typer.Option(
-            help="Decoder: graphed, lockstep, depthwise, depthwise_deferred or reference "
+            help="Decoder: graphed, graphed_compiled, lockstep, depthwise, depthwise_deferred or reference "
             "(default: graphed on CUDA, lockstep on CPU)."
         ),
     ] = None,

@@ -107,9 +107,8 @@ def test_graphed_buckets_cover_every_row_count() -> None:
 def test_graphed_reuses_its_buffers_across_generations(tiny_model_config: ModelConfig) -> None:
     model = _model(tiny_model_config, router="expert_choice")
     decoder = DECODERS["graphed"](model)
-    prompts = [torch.randint(0, model.cfg.vocab_size, (B, length), generator=torch.Generator().manual_seed(length))
-               for length in (P, P, P + 3)]  # fmt: skip
-    for prompt in prompts:  # the same layout twice (buffers reused), then another (rebuilt)
+    for length in (P, P, P + 3):  # the same layout twice (buffers reused), then another (rebuilt)
+        prompt = torch.randint(0, model.cfg.vocab_size, (B, length), generator=torch.Generator().manual_seed(length))
         fast = decoder.generate(prompt, N, keep_logits=True)
         reference = DECODERS["reference"](model).generate(prompt, N, keep_logits=True)
         assert fast.logits is not None and reference.logits is not None

@@ -251,10 +251,12 @@ def main() -> None:
         "seeds": args.seeds,
     }
     out = args.out
+    result_name = "proxy_fidelity" + ("_cpu" if args.quick else "")
+    result_path = out or RESULTS / f"{result_name}.json"
     runs: list[dict[str, Any]] = []
     if args.resume:  # a run cut short by a time limit goes on where it stopped
         planned = {(job[0], job[2]["value"], job[2]["seed"]) for job in work}
-        earlier = finished_runs(out or RESULTS / ("proxy_fidelity" + ("_cpu" if args.quick else "") + ".json"), header)
+        earlier = finished_runs(result_path, header)
         runs = [r for r in earlier if (r["name"], r["flops"], r["seed"]) in planned]
         done = {(r["name"], r["flops"], r["seed"]) for r in runs}
         work = [job for job in work if (job[0], job[2]["value"], job[2]["seed"]) not in done]
@@ -268,7 +270,7 @@ def main() -> None:
             if not args.quick or out:  # after every run, so a run cut short keeps what it trained
                 raw, targets = summarise(runs, names, budgets, args.factor, args.quick)
                 raw = {**header, **raw, "runs": runs, "wall_seconds": time.perf_counter() - started}
-                write_result("proxy_fidelity" + ("_cpu" if args.quick else ""), raw, targets, out=out)
+                write_result(result_name, raw, targets, out=out)
 
     raw, targets = summarise(runs, names, budgets, args.factor, args.quick)
     print(f"\n{'config':30s} {'params':>9s} {'proxy':>8s} {'10x':>8s} rank")
@@ -286,7 +288,7 @@ def main() -> None:
     if args.quick and not out:
         print("quick run: result not written")
     else:
-        print("wrote", out or RESULTS / "proxy_fidelity.json")
+        print("wrote", result_path)
 
 
 if __name__ == "__main__":

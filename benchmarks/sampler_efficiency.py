@@ -26,10 +26,11 @@ upper bound: the default's seconds over stock's total.
 Run: ``python -m benchmarks.sampler_efficiency`` (quickstart space, 3 seeds; add
 ``--spaces quickstart paper`` on a GPU), or ``--quick`` (a shrunken quickstart, 1 seed,
 stock vs tpe vs random: a few minutes on a CPU). The paper space as written (96
-trials of 3e15 FLOPs) takes days per run; ``--trials 24 --budget-flops 3e13 --jobs 8``
-is meant to fit a GPU session, with the searches sharing the GPU (their device seconds
-then include that sharing, alike for every run); it did not: on an H200 no search of
-16-20 trials finished within 225-570 s. ``--time-limit S`` stops every search after S
+trials of 3e15 FLOPs) takes days per run; ``--trials 16 --budget-flops 3e13 --jobs 12``
+fits a GPU session, with the searches sharing the GPU (their device seconds then include
+that sharing, alike for every run). ``--budget-flops`` also sizes a builtin corpus by the
+run (``load_space``): with the paper space's fixed 50M-token corpus, validation outweighed
+training twentyfold and no search of 16-20 trials finished within 225-570 s on an H200. ``--time-limit S`` stops every search after S
 seconds (its trial in flight is stopped) and summarises the trials that finished, so a
 run fits the time it is given; give ``--jobs`` at least the number of searches, so that
 all start together and get the same time.
@@ -174,9 +175,17 @@ def run_search_job(job: SearchJob) -> dict[str, Any]:
 
 
 def load_space(path: Path, budget_flops: float | None) -> SearchSpace:
+    """The space, with ``budget_flops`` of training per trial if given.
+
+    A smaller budget also sizes a builtin corpus by the run: a fixed corpus sized for
+    the space's own budget holds out a validation set that can outweigh the shrunken
+    training (the paper space's 2.5M validation tokens, validated at least twice,
+    against 0.25M training tokens at 3e13 FLOPs).
+    """
     space = load_search_space(path)
     if budget_flops is not None:
-        space = space.replace(budget=space.budget.replace(value=budget_flops))
+        data = space.data.replace(builtin_tokens=None) if space.data.source == "builtin" else space.data
+        space = space.replace(budget=space.budget.replace(value=budget_flops), data=data)
     return space
 
 

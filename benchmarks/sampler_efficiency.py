@@ -30,10 +30,11 @@ trials of 3e15 FLOPs) takes days per run; ``--trials 16 --budget-flops 3e13 --jo
 fits a GPU session, with the searches sharing the GPU (their device seconds then include
 that sharing, alike for every run). ``--budget-flops`` also sizes a builtin corpus by the
 run (``load_space``): with the paper space's fixed 50M-token corpus, validation outweighed
-training twentyfold and no search of 16-20 trials finished within 225-570 s on an H200. ``--time-limit S`` stops every search after S
-seconds (its trial in flight is stopped) and summarises the trials that finished, so a
-run fits the time it is given; give ``--jobs`` at least the number of searches, so that
-all start together and get the same time.
+training twentyfold and no search of 16-20 trials finished within 225-570 s on an H200.
+``--time-limit S`` stops every search after S seconds (its trial in flight is stopped)
+and summarises the trials that finished, so a run fits the time it is given; give
+``--jobs`` at least the number of searches, so that all start together and get the
+same time.
 """
 
 from __future__ import annotations

@@ -5,12 +5,15 @@
 
 Models (issue "Measured memory and throughput ...", Speed), all with the same width and
 the same effective depth (unique layers x recursions, as the paper compares them):
-  vanilla               sharing none; timed with the CUDA-graph decoder, the same with its
+  vanilla               sharing none; timed with the CUDA-graph decoder, the graphed
+                        depth-wise one (vanilla@graphed_depthwise), the first with its
                         layer calls compiled (vanilla@compiled), the row decoder
                         (vanilla@rows) and the model's own forward (vanilla@reference)
   recursive-nr{2,3,4}   Middle-Cycle, no routing (every token every step)
   mor{2,3,4}-{ec,tc}-{cache,share}
                         expert/token-choice routing, recursion-wise caching / recursive sharing
+  <any of these>@graphed_depthwise
+                        the same model with continuous depth-wise batching under CUDA graphs
   mor3-ec-cache@lockstep, @depthwise, @depthwise_deferred, @reference, @compiled
                         the same model with the other decoders, to show where the speed comes from
 Each is measured by ``morsearch.measure.measure`` (warm-up, CUDA events, repeats, median)
@@ -30,8 +33,9 @@ a time limit:
 ``--part 1/3``, then ``--part 2/3 --merge``, ``--part 3/3 --merge`` (the last part profiles).
 Every part times vanilla again and compares its own models with that vanilla. The result file is
 rewritten after every measurement, so a run cut short keeps what it measured.
-``--no-profile`` skips the closing torch.profiler pass (vanilla and mor3-ec-cache, graphed and eager, at batch 32:
-host time, device-busy time, op and kernel counts, top ops), which says where the time goes.
+``--no-profile`` skips the closing torch.profiler pass (vanilla and mor3-ec-cache, with the graphed
+and the graphed depth-wise decoders, at batch 32: host time, device-busy time, op and kernel counts,
+top ops), which says where the time goes.
 
 Targets: at batch >= 32, MoR Nr=3 (expert-choice, recursion-wise caching) decodes >= 1.5x
 vanilla's tokens/s (each with its fastest decoder); recursive sharing's KV bytes <= recursion-wise
@@ -55,8 +59,8 @@ from morsearch.model import MoRModel, build_model
 from morsearch.model.decoders import DECODERS
 
 RESULTS_FILE = RESULTS / "decode_throughput.json"
-# vanilla's two decoders: the speed every other model is compared with
-ANCHORS = ("vanilla", "vanilla@compiled", "vanilla@rows", "vanilla@reference")
+# vanilla's decoders: the fastest of them is the speed every other model is compared with
+ANCHORS = ("vanilla", "vanilla@graphed_depthwise", "vanilla@compiled", "vanilla@rows", "vanilla@reference")
 
 
 def base_shape(quick: bool) -> dict[str, Any]:
@@ -98,6 +102,8 @@ def variants(quick: bool) -> dict[str, tuple[ModelConfig, str]]:
             for kv, kv_short in (("recursion_wise", "cache"), ("recursive_sharing", "share")):
                 cfg = ModelConfig(**base, **recursion, num_recursions=nr, router=router, kv_strategy=kv)
                 found[f"mor{nr}-{short}-{kv_short}"] = (cfg, "graphed")  # measure()'s default on the GPU
+    for name in [n for n in found if not n.startswith("vanilla@")]:  # continuous depth-wise batching, graphed
+        found[f"{name}@graphed_depthwise"] = (found[name][0], "graphed_depthwise")
     for decoder in ("lockstep", "depthwise", "depthwise_deferred", "reference"):
         found[f"mor3-ec-cache@{decoder}"] = (found["mor3-ec-cache"][0], decoder)
     found["mor3-ec-cache@compiled"] = (found["mor3-ec-cache"][0], "graphed_compiled")
@@ -278,7 +284,8 @@ def main() -> None:
     if not args.no_profile and part == parts:  # where the time goes, at the first batch the speed target covers
         batch = next((b for b in batches if b >= 32), batches[-1])
         raw["profile"] = {"batch": batch}
-        for name in ("vanilla", "vanilla@rows", "mor3-ec-cache", "mor3-ec-cache@lockstep", "mor3-ec-cache@depthwise"):
+        profiled = ("vanilla", "vanilla@graphed_depthwise", "mor3-ec-cache", "mor3-ec-cache@graphed_depthwise")
+        for name in profiled:
             if name not in chosen:
                 continue
             cfg, decoder = variants(args.quick)[name]

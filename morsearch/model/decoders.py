@@ -12,13 +12,15 @@ from morsearch.model.decoding import (
     RowDecoder,
 )
 from morsearch.model.graphed import GraphedDecoder
+from morsearch.model.graphed_depthwise import GraphedDepthwiseDecoder
 from morsearch.model.mor import MoRModel
 
-DECODERS: dict[str, Callable[[MoRModel], ReferenceDecoder | RowDecoder | GraphedDecoder]] = {
+DECODERS: dict[str, Callable[[MoRModel], ReferenceDecoder | RowDecoder | GraphedDecoder | GraphedDepthwiseDecoder]] = {
     "reference": ReferenceDecoder,
     "lockstep": LockstepDecoder,
     "depthwise": DepthwiseDecoder,
     "depthwise_deferred": DeferredDepthwiseDecoder,
     "graphed": GraphedDecoder,
     "graphed_compiled": lambda model: GraphedDecoder(model, compile=True),
+    "graphed_depthwise": GraphedDepthwiseDecoder,
 }

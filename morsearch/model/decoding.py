@@ -133,12 +133,26 @@ class DecodeRule:
         self.model, self.cfg = model, model.cfg
         self.gate = like.new_zeros(batch_size)  # (B,) gate of the step a row runs next
 
+    def state(self) -> list[torch.Tensor]:
+        """The per-row tensors (B, ...) that ``enter`` and ``decide`` write."""
+        return [self.gate]
+
     def enter(self, rows: torch.Tensor, h: torch.Tensor) -> None:
         """``h`` (n, 1, D) enters the first recursion step."""
 
+    def decision(
+        self, steps: torch.Tensor | int, rows: torch.Tensor, h: torch.Tensor
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Whether each row runs its step (``steps``: one for all, or (n,)), and the gate it runs
+        with: (n,) bool or None = all do; (n,) gates or None = unchanged. Writes nothing."""
+        return None, None
+
     def decide(self, step: int, rows: torch.Tensor, h: torch.Tensor) -> torch.Tensor | None:
-        """Whether each row (all at ``step``) runs it: (n,) bool, or None = all do."""
-        return None
+        """Whether each row (all at ``step``) runs it: (n,) bool, or None = all do; sets their gates."""
+        keep, gate = self.decision(step, rows, h)
+        if gate is not None:
+            self.gate[rows] = gate
+        return keep
 
     def merge(
         self, rows: torch.Tensor, steps: torch.Tensor | int, h_in: torch.Tensor, out: torch.Tensor
@@ -150,11 +164,24 @@ class DecodeRule:
 class ExpertChoiceRule(DecodeRule):
     """Step r's router thresholds its logit at 0 (sigmoid 0.5); kept: h + alpha*G*Block(h)."""
 
-    def decide(self, step: int, rows: torch.Tensor, h: torch.Tensor) -> torch.Tensor | None:
-        logits = self.model.router.networks[step](h).reshape(-1).float()  # (n,)
+    def __init__(self, model: MoRModel, batch_size: int, like: torch.Tensor) -> None:
+        super().__init__(model, batch_size, like)
+        capacities = torch.tensor(model.cfg.step_capacities, device=like.device)
+        self.capped = capacities < 1.0  # (Nr,) steps whose router drops tokens (capacity 1 keeps all)
+
+    def decision(
+        self, steps: torch.Tensor | int, rows: torch.Tensor, h: torch.Tensor
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        networks = self.model.router.networks
+        if isinstance(steps, int):
+            logits = networks[steps](h).reshape(-1).float()  # (n,)
+            keep = logits > 0 if self.cfg.step_capacities[steps] < 1.0 else None
+        else:  # rows at different steps: every step's router on every row (they are tiny), then pick
+            every = torch.stack([network(h).reshape(-1) for network in networks], dim=1).float()  # (n, Nr)
+            logits = every.gather(1, steps.unsqueeze(1))[:, 0]
+            keep = (logits > 0) | ~self.capped[steps]
         activation = torch.sigmoid if self.cfg.gate == "sigmoid" else torch.tanh
-        self.gate[rows] = (self.cfg.alpha * activation(logits)).to(self.gate.dtype)
-        return logits > 0 if self.cfg.step_capacities[step] < 1.0 else None
+        return keep, (self.cfg.alpha * activation(logits)).to(self.gate.dtype)
 
     def merge(
         self, rows: torch.Tensor, steps: torch.Tensor | int, h_in: torch.Tensor, out: torch.Tensor
@@ -183,8 +210,15 @@ class TokenChoiceRule(DecodeRule):
         self.gate[rows] = scores.gather(-1, choice.unsqueeze(-1)).reshape(-1).to(self.gate.dtype)
         self.first[rows] = h
 
-    def decide(self, step: int, rows: torch.Tensor, h: torch.Tensor) -> torch.Tensor | None:
-        return None if step == 0 else self.depth[rows] > step  # every depth is >= 1
+    def state(self) -> list[torch.Tensor]:
+        return [self.gate, self.depth, self.first]
+
+    def decision(
+        self, steps: torch.Tensor | int, rows: torch.Tensor, h: torch.Tensor
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        if isinstance(steps, int) and steps == 0:
+            return None, None  # every depth is >= 1
+        return self.depth[rows] > steps, None
 
     def merge(
         self, rows: torch.Tensor, steps: torch.Tensor | int, h_in: torch.Tensor, out: torch.Tensor

@@ -216,17 +216,17 @@ class GraphedDecoder:
             else:
                 q = apply_rope(q, *rope)
             keys, values = w.keys[source], w.values[source]  # (B+1, G, C, E)
+            # a K/V group's query heads as its queries: (n, G, H/G, E), no K/V head repeated, and
+            # the fused kernels take the mask (enable_gqa with a mask runs the unfused math kernels)
+            q = q.reshape(n, G, H // G, E)
             if rows is None:  # every row but the scratch one: the leading slice, no copy
-                out = F.scaled_dot_product_attention(q, keys[:B], values[:B], attn_mask=read.mask, enable_gqa=H != G)
+                out = F.scaled_dot_product_attention(q, keys[:B], values[:B], attn_mask=read.mask)
             elif read.dense:  # queries of the other rows are zeros, their outputs dropped
-                q_all = q.new_zeros(B + 1, H, 1, E).index_copy_(0, rows, q)
-                out = F.scaled_dot_product_attention(q_all, keys, values, attn_mask=read.mask, enable_gqa=H != G)
-                out = out[rows]
+                q_all = q.new_zeros(B + 1, G, H // G, E).index_copy_(0, rows, q)
+                out = F.scaled_dot_product_attention(q_all, keys, values, attn_mask=read.mask)[rows]
             else:
-                out = F.scaled_dot_product_attention(
-                    q, keys[rows], values[rows], attn_mask=read.mask, enable_gqa=H != G
-                )
-            x = x + attn.o_proj(out.transpose(1, 2).reshape(n, 1, H * E))
+                out = F.scaled_dot_product_attention(q, keys[rows], values[rows], attn_mask=read.mask)
+            x = x + attn.o_proj(out.reshape(n, 1, H * E))
             x = x + layer.mlp(layer.mlp_norm(x))
         return x
 

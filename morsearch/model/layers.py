@@ -82,8 +82,13 @@ class Attention(nn.Module):
             k = self.k_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, G, T, E)
             v = self.v_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
             k, v, mask = context.keys_values(apply_rope(k, *rope), v)
+        grouped = self.num_heads != self.num_kv_heads
+        if grouped and mask is not None:  # enable_gqa with a mask would run the unfused math kernels
+            k = k.repeat_interleave(self.num_heads // self.num_kv_heads, dim=1)
+            v = v.repeat_interleave(self.num_heads // self.num_kv_heads, dim=1)
+            grouped = False
         out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=self.num_heads != self.num_kv_heads
+            q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=grouped
         )  # (B, H, T, E)
         return self.o_proj(out.transpose(1, 2).reshape(B, T, -1))
 

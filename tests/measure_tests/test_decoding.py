@@ -52,7 +52,7 @@ def test_same_outputs_as_the_reference(tiny_model_config: ModelConfig, changes: 
     assert fast.logits is not None and reference.logits is not None
     torch.testing.assert_close(fast.logits, reference.logits, rtol=1e-4, atol=1e-5)
     assert fast.step_tokens == reference.step_tokens
-    if decoder != "graphed":  # graphed allocates its buffers at their final size (its own test)
+    if not decoder.startswith("graphed"):  # graphed decoders allocate their buffers at the final size
         assert fast.cache_bytes == reference.cache_bytes
     # greedy decoding: the same tokens
     assert torch.equal(_generate(model, decoder).tokens, _generate(model, "reference").tokens)
@@ -90,6 +90,20 @@ def test_depthwise_batching_mixes_steps_in_fewer_block_calls(tiny_model_config: 
     assert depthwise.block_calls < lockstep.block_calls
 
 
+@pytest.mark.parametrize("router", ["expert_choice", "token_choice"])
+def test_graphed_depthwise_runs_every_depth_in_one_block_call(tiny_model_config: ModelConfig, router: str) -> None:
+    model = _model(tiny_model_config, router=router)
+    forced = torch.randint(0, model.cfg.vocab_size, (B, N))
+    graphed, depthwise = _generate(model, "graphed", forced), _generate(model, "graphed_depthwise", forced)
+    assert graphed.step_tokens == depthwise.step_tokens
+    # one call per iteration over every row: as many calls as the deepest sequence's steps
+    assert depthwise.block_calls < graphed.block_calls
+    # every row emits each of its N tokens exactly once, the first one at the prefill
+    emitted = [row for rows in depthwise.emissions for row in rows]
+    assert depthwise.emissions[0] == list(range(B)) and sorted(emitted) == sorted(list(range(B)) * N)
+    assert len(depthwise.emissions) == depthwise.block_calls + 1
+
+
 def test_recursive_sharing_caches_fewer_bytes(tiny_model_config: ModelConfig) -> None:
     caching = _generate(_model(tiny_model_config, router="expert_choice"), "depthwise")
     sharing = _generate(_model(tiny_model_config, router="expert_choice", kv_strategy="recursive_sharing"), "depthwise")
@@ -104,9 +118,10 @@ def test_graphed_buckets_cover_every_row_count() -> None:
     assert bucket_sizes(256) == [1, 2, 4, 8, 16, 32, 64, 96, 128, 160, 192, 224, 256]
 
 
-def test_graphed_reuses_its_buffers_across_generations(tiny_model_config: ModelConfig) -> None:
+@pytest.mark.parametrize("name", ["graphed", "graphed_depthwise"])
+def test_graphed_reuses_its_buffers_across_generations(tiny_model_config: ModelConfig, name: str) -> None:
     model = _model(tiny_model_config, router="expert_choice")
-    decoder = DECODERS["graphed"](model)
+    decoder = DECODERS[name](model)
     for length in (P, P, P + 3):  # the same layout twice (buffers reused), then another (rebuilt)
         prompt = torch.randint(0, model.cfg.vocab_size, (B, length), generator=torch.Generator().manual_seed(length))
         fast = decoder.generate(prompt, N, keep_logits=True)
@@ -140,17 +155,26 @@ def test_graphed_cache_holds_the_prefill_and_every_new_token(tiny_model_config: 
         for slot in cache.slots.values()
     )
     assert DECODERS["graphed"](model).generate(prompt, N).cache_bytes == expected
+    # graphed_depthwise: B rows; a layer's steps side by side, each with a dump entry, in multiples of 8
+    entries: dict[int, int] = {}
+    for (layer, _), slot in cache.slots.items():
+        entries[layer] = entries.get(layer, 0) + int(slot.lengths.max()) + N - 1 + 1
+    expected = sum(2 * B * cfg.kv_heads * cfg.head_dim * width * (-(-n // 8) * 8) for n in entries.values())
+    assert DECODERS["graphed_depthwise"](model).generate(prompt, N).cache_bytes == expected
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("changes", ROUTED + UNROUTED[:1], ids=lambda c: "-".join(map(str, c.values())))
-def test_graphed_replays_equal_the_reference_on_the_gpu(tiny_model_config: ModelConfig, changes: dict) -> None:
+@pytest.mark.parametrize("name", ["graphed", "graphed_depthwise"])
+def test_graphed_replays_equal_the_reference_on_the_gpu(
+    tiny_model_config: ModelConfig, changes: dict, name: str
+) -> None:
     model = _model(tiny_model_config, **changes).cuda()
     prompt = torch.randint(0, model.cfg.vocab_size, (B, P), device="cuda")
     forced = torch.randint(0, model.cfg.vocab_size, (B, N), device="cuda")
     reference = DECODERS["reference"](model).generate(prompt, N, forced=forced, keep_logits=True)
-    decoder = DECODERS["graphed"](model)
+    decoder = DECODERS[name](model)
     for _ in range(2):  # the first generation captures the graphs, the second replays them
         fast = decoder.generate(prompt, N, forced=forced, keep_logits=True)
         assert fast.logits is not None and reference.logits is not None

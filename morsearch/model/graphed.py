@@ -56,6 +56,22 @@ def bucket_sizes(batch_size: int) -> list[int]:
     return sorted(sizes | set(range(eighth, batch_size, eighth)) | {batch_size})
 
 
+def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """One query per row and head, q (n, H, 1, E), over (n, G, C, E) with a mask (n, 1, 1, C).
+
+    A K/V group's H/G query heads become its queries, so two batched matmuls read each
+    K/V entry once. SDPA would not: with a mask and grouped heads it repeats every K/V
+    head H/G times (its math kernels), and its fused kernels, one query per row, were
+    slower still on an H200 (docs/DECODING.md). Returns (n, G, H/G, E): head-major.
+    ``mask``: bool (True = attend) or additive float.
+    """
+    n, H, _, E = q.shape
+    G = keys.shape[1]
+    scores = torch.matmul(q.reshape(n, G, H // G, E) * E**-0.5, keys.transpose(-1, -2)).float()  # (n, G, H/G, C)
+    scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+    return torch.matmul(scores.softmax(dim=-1).to(values.dtype), values)
+
+
 @dataclass
 class _Lengths:
     """Entries per row of every slot of one family (B+1,), and the family's capacity C."""
@@ -216,16 +232,13 @@ class GraphedDecoder:
             else:
                 q = apply_rope(q, *rope)
             keys, values = w.keys[source], w.values[source]  # (B+1, G, C, E)
-            # a K/V group's query heads as its queries: (n, G, H/G, E), no K/V head repeated, and
-            # the fused kernels take the mask (enable_gqa with a mask runs the unfused math kernels)
-            q = q.reshape(n, G, H // G, E)
             if rows is None:  # every row but the scratch one: the leading slice, no copy
-                out = F.scaled_dot_product_attention(q, keys[:B], values[:B], attn_mask=read.mask)
+                out = decode_attention(q, keys[:B], values[:B], read.mask)
             elif read.dense:  # queries of the other rows are zeros, their outputs dropped
-                q_all = q.new_zeros(B + 1, G, H // G, E).index_copy_(0, rows, q)
-                out = F.scaled_dot_product_attention(q_all, keys, values, attn_mask=read.mask)[rows]
+                q_all = q.new_zeros(B + 1, H, 1, E).index_copy_(0, rows, q)
+                out = decode_attention(q_all, keys, values, read.mask)[rows]
             else:
-                out = F.scaled_dot_product_attention(q, keys[rows], values[rows], attn_mask=read.mask)
+                out = decode_attention(q, keys[rows], values[rows], read.mask)
             x = x + attn.o_proj(out.reshape(n, 1, H * E))
             x = x + layer.mlp(layer.mlp_norm(x))
         return x

@@ -28,11 +28,9 @@ K/V. One buffer per layer holds every application of it that writes, side by sid
 along the entries: step s of a shared layer in columns [offset_s, offset_s + C_s],
 the last of which is a dump that the rows not writing in a call write to (never
 read). A row at step s writes at offset_s + its length at step s and attends to its
-own region only (an additive mask), so one write and one attention call serve rows
-at every step. Under recursive sharing only step 0 has a region, which every step
-reads. Attention folds the query heads of a K/V group into the query axis, (B, G,
-H/G, E) against (B, G, W, E): no K/V head is repeated, and the fused kernels take
-the mask (``enable_gqa`` with a mask falls back to the unfused math kernels).
+own region only (a mask), so one write and one attention call (``graphed.decode_attention``)
+serve rows at every step. Under recursive sharing only step 0 has a region, which every
+step reads.
 
 Shape legend: B batch, D d_model, G key/value heads, H query heads, E head size,
 W entries of a buffer, S steps with regions of their own, N new tokens, V vocabulary.
@@ -47,13 +45,13 @@ import torch
 import torch.nn.functional as F
 
 from morsearch.model.decoding import DECODE_RULES, Generation, choose_tokens
-from morsearch.model.graphed import Family, family_of
+from morsearch.model.graphed import Family, decode_attention, family_of
 from morsearch.model.kv_cache import KVCache, shared_source, writes_own_kv
 from morsearch.model.layers import apply_rope
 from morsearch.model.mor import MoRModel
 from morsearch.model.sharing import Application
 
-ALIGN = 8  # buffer entries rounded up to a multiple: aligned rows for the fused attention kernels
+ALIGN = 8  # buffer entries rounded up to a multiple: aligned rows for the matmul kernels
 
 
 @dataclass(frozen=True)
@@ -151,13 +149,12 @@ class _Workload:
         return sum(k.nbytes + v.nbytes for k, v in zip(self.keys.values(), self.values.values(), strict=True))
 
 
-def _mask(start: torch.Tensor, end: torch.Tensor, width: int, like: torch.Tensor) -> torch.Tensor:
-    """Additive (B, 1, 1, W): 0 on each row's columns [start, end), -inf elsewhere (0 at column 0 if empty)."""
+def _mask(start: torch.Tensor, end: torch.Tensor, width: int) -> torch.Tensor:
+    """(B, 1, 1, W): True on each row's columns [start, end) (column 0 for a row with none)."""
     columns = torch.arange(width, device=start.device)
     valid = (columns >= start.unsqueeze(1)) & (columns < end.unsqueeze(1))
     valid[:, :1] |= ~valid.any(dim=1, keepdim=True)  # a row with nothing to read (it is discarded): no NaN
-    bias = torch.zeros(valid.shape, dtype=like.dtype, device=like.device).masked_fill_(~valid, float("-inf"))
-    return bias.view(-1, 1, 1, width)
+    return valid.view(-1, 1, 1, width)
 
 
 class GraphedDepthwiseDecoder:
@@ -201,8 +198,7 @@ class GraphedDepthwiseDecoder:
             else:
                 q = apply_rope(q, *rope)
             buffer = w.regions[read].buffer
-            q = q.reshape(B, G, H // G, E)  # a K/V group's query heads as its queries
-            out = F.scaled_dot_product_attention(q, w.keys[buffer], w.values[buffer], attn_mask=mask)
+            out = decode_attention(q, w.keys[buffer], w.values[buffer], mask)
             x = x + attn.o_proj(out.reshape(B, 1, H * E))
             x = x + layer.mlp(layer.mlp_norm(x))
         return x
@@ -216,7 +212,7 @@ class GraphedDepthwiseDecoder:
         capacity = next(w.regions[app].capacity for app in apps if app in w.regions)
         cols = torch.where(writing, lengths, capacity)  # each such application has a buffer of its own
         lengths += writing.long()
-        mask = _mask(torch.zeros_like(lengths), lengths, w.keys[w.regions[apps[0]].buffer].shape[2], x)
+        mask = _mask(torch.zeros_like(lengths), lengths, w.keys[w.regions[apps[0]].buffer].shape[2])
         plan = [(app[0], app, app if app in w.regions else shared_source(app)) for app in apps]
         return self._layers(w, plan, x, cols, mask)
 
@@ -230,7 +226,7 @@ class GraphedDepthwiseDecoder:
         cols = torch.where(writing, offset + lengths, offset + w.region_capacity[region])
         lengths = lengths + writing.long()
         w.block_lengths[region, w.all_rows] = lengths
-        mask = _mask(offset, offset + lengths, w.block_width, w.state)
+        mask = _mask(offset, offset + lengths, w.block_width)
         plan = []
         for layer in self.schedule.block:  # an application of each step writes the same buffer
             plan.append((layer, (layer, 0), shared_source((layer, 0))))

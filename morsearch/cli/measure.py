@@ -45,8 +45,8 @@ def measure(
     decoder: Annotated[
         str | None,
         typer.Option(
-            help="Decoder: graphed, graphed_compiled, lockstep, depthwise, depthwise_deferred or reference "
-            "(default: graphed on CUDA, lockstep on CPU)."
+            help="Decoder: graphed, graphed_depthwise, graphed_compiled, lockstep, depthwise, depthwise_deferred "
+            "or reference (default: graphed on CUDA, lockstep on CPU)."
         ),
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the random weights and prompt.")] = 0,

@@ -60,9 +60,9 @@ def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, 
     """One query per row and head, q (n, H, 1, E), over (n, G, C, E) with a mask (n, 1, 1, C).
 
     A K/V group's H/G query heads become its queries, so two batched matmuls read each
-    K/V entry once. SDPA would not: with a mask and grouped heads it repeats every K/V
-    head H/G times (its math kernels), and its fused kernels, one query per row, were
-    slower still on an H200 (docs/DECODING.md). Returns (n, G, H/G, E): head-major.
+    K/V entry once (SDPA with a mask and grouped heads repeats them H/G times). Used by
+    ``graphed_depthwise``; in ``graphed`` it was slower than SDPA on an H200, for reasons
+    not yet found (docs/DECODING.md). Returns (n, G, H/G, E): head-major.
     ``mask``: bool (True = attend) or additive float.
     """
     n, H, _, E = q.shape
@@ -232,14 +232,19 @@ class GraphedDecoder:
             else:
                 q = apply_rope(q, *rope)
             keys, values = w.keys[source], w.values[source]  # (B+1, G, C, E)
+            # SDPA (its math kernels, with the mask): decode_attention was 1.5-3x slower here on
+            # an H200 (benchmarks/results/decode_throughput_matmul_attention.json)
             if rows is None:  # every row but the scratch one: the leading slice, no copy
-                out = decode_attention(q, keys[:B], values[:B], read.mask)
+                out = F.scaled_dot_product_attention(q, keys[:B], values[:B], attn_mask=read.mask, enable_gqa=H != G)
             elif read.dense:  # queries of the other rows are zeros, their outputs dropped
                 q_all = q.new_zeros(B + 1, H, 1, E).index_copy_(0, rows, q)
-                out = decode_attention(q_all, keys, values, read.mask)[rows]
+                out = F.scaled_dot_product_attention(q_all, keys, values, attn_mask=read.mask, enable_gqa=H != G)
+                out = out[rows]
             else:
-                out = decode_attention(q, keys[rows], values[rows], read.mask)
-            x = x + attn.o_proj(out.reshape(n, 1, H * E))
+                out = F.scaled_dot_product_attention(
+                    q, keys[rows], values[rows], attn_mask=read.mask, enable_gqa=H != G
+                )
+            x = x + attn.o_proj(out.transpose(1, 2).reshape(n, 1, H * E))
             x = x + layer.mlp(layer.mlp_norm(x))
         return x
 

@@ -34,3 +34,19 @@ def tiny_model_config() -> ModelConfig:
         num_recursions=2,
         sharing="cycle",
     )
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_device_locks(tmp_path_factory):
+    """The workers of this test run coordinate through their own lock folder, not the machine's."""
+    import os
+
+    from morsearch.search.device_share import LOCK_DIR_ENV
+
+    previous = os.environ.get(LOCK_DIR_ENV)
+    os.environ[LOCK_DIR_ENV] = str(tmp_path_factory.mktemp("device-locks"))
+    yield
+    if previous is None:
+        del os.environ[LOCK_DIR_ENV]
+    else:
+        os.environ[LOCK_DIR_ENV] = previous

@@ -53,10 +53,12 @@ def measure(
 ) -> None:
     """Measure a model's memory and throughput on a deployment target (random weights)."""
     from morsearch.measure import measure as run_measure  # torch: keep `morsearch --help` instant
+    from morsearch.search.device_share import measuring_alone
 
     cfg = load_config(config, ModelConfig, section="model")
     deployment = _load_target(config, target)
-    result = run_measure(cfg, deployment, decoder=decoder, seed=seed)
+    with measuring_alone(deployment):  # a search's workers training on this device wait meanwhile
+        result = run_measure(cfg, deployment, decoder=decoder, seed=seed)
     if json_output:
         typer.echo(json.dumps({"target": deployment.model_dump(mode="json"), **result.to_dict()}))
         return

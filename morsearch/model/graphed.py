@@ -158,6 +158,44 @@ def family_of(model: MoRModel, app: Application) -> Family:
     return app[1]
 
 
+def prefill_lengths(model: MoRModel, cache: KVCache) -> tuple[dict[Family, torch.Tensor | None], dict[Family, int]]:
+    """Each K/V family's prefill lengths (B,), None where never written, and their longest (0), in one sync."""
+    lengths: dict[Family, torch.Tensor | None] = {}
+    for app, slot in cache.slots.items():
+        family = family_of(model, app)
+        if lengths.get(family) is None:  # equal within a family: the first written one stands for all
+            lengths[family] = slot.lengths
+    written = [family for family, t in lengths.items() if t is not None]
+    longest = torch.stack([lengths[f] for f in written]).amax(dim=1).tolist() if written else []
+    filled = dict.fromkeys(lengths, 0)
+    filled.update(zip(written, longest, strict=True))
+    return lengths, filled
+
+
+def run_graphed(
+    graphs: dict[Hashable, torch.cuda.CUDAGraph],
+    pool: tuple[int, int] | None,
+    key: Hashable,
+    part: Callable[[], bool | None],
+) -> bool | None:
+    """Run one part of a step: eagerly the first time (always on the CPU), then as its CUDA graph.
+
+    ``pool`` is the workload's graph memory pool (None: no graphs, the CPU); the eager
+    first run is the real work of that call and the warm-up of the capture.
+    """
+    graph = graphs.get(key)
+    if graph is not None:
+        graph.replay()
+        return None
+    result = part()
+    if pool is not None:
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=pool):  # records the kernels, runs none
+            part()
+        graphs[key] = graph
+    return result
+
+
 class GraphedDecoder:
     """Lockstep decoding from static buffers; CUDA graphs on the GPU (module docstring).
 
@@ -317,33 +355,13 @@ class GraphedDecoder:
         w.current.copy_(token)
         w.emitted += 1
 
-    def _run(self, w: _Workload, key: Hashable, part: Callable[[], bool | None]) -> bool | None:
-        """Run one part: eagerly the first time (and always on the CPU), then as a CUDA graph."""
-        graph = w.graphs.get(key)
-        if graph is not None:
-            graph.replay()
-            return None
-        result = part()  # the real work of this call, and the warm-up of the capture
-        if w.pool is not None:
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=w.pool):  # records the kernels, runs none
-                part()
-            w.graphs[key] = graph
-        return result
-
     # --- generation -----------------------------------------------------------------------------
 
     def _workload(self, cache: KVCache, new_tokens: int, keep_logits: bool, forced: bool) -> _Workload:
         """This generation's static buffers, holding the prefill's K/V (reused when the layout repeats)."""
         model = self.model
-        families: dict[Family, list[Application]] = {}
-        for app in cache.slots:
-            families.setdefault(family_of(model, app), []).append(app)
-        lengths = {f: cache.slots[apps[0]].lengths for f, apps in families.items()}  # equal within a family
-        written = [f for f, t in lengths.items() if t is not None]
-        longest = torch.stack([lengths[f] for f in written]).amax(dim=1).tolist() if written else []  # one sync
-        filled = dict(zip(written, longest, strict=True))
-        capacities = {f: filled.get(f, 0) + new_tokens - 1 for f in lengths}
+        lengths, filled = prefill_lengths(model, cache)
+        capacities = {family: filled[family] + new_tokens - 1 for family in filled}
         key = (cache.batch_size, new_tokens, tuple(capacities.items()), keep_logits, forced)
         if key == self.workload_key and self.workload is not None:
             w = self.workload
@@ -387,7 +405,7 @@ class GraphedDecoder:
             on_iteration()
         sizes, block_calls = bucket_sizes(B), 0
         for _ in range(new_tokens - 1):
-            routed = self._run(w, "enter", lambda: self._enter(w))
+            routed = run_graphed(w.graphs, w.pool, "enter", lambda: self._enter(w))
             if routed is not None:
                 w.routed[0] = routed
             everyone = True  # no router has chosen rows yet: every row runs, no picking
@@ -401,11 +419,13 @@ class GraphedDecoder:
                     size = next(s for s in sizes if s >= count)
                 elif not everyone:  # the rows of the step before, without a new choice
                     size = B
-                routed = self._run(w, (step, size), lambda step=step, size=size: self._step(w, step, size))
+                routed = run_graphed(
+                    w.graphs, w.pool, (step, size), lambda step=step, size=size: self._step(w, step, size)
+                )
                 if routed is not None:
                     w.routed[step + 1] = routed
                 block_calls += 1
-            self._run(w, "exit", lambda: self._exit(w))
+            run_graphed(w.graphs, w.pool, "exit", lambda: self._exit(w))
             if on_iteration is not None:
                 on_iteration()
         return Generation(

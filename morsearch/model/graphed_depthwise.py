@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 
 from morsearch.model.decoding import DECODE_RULES, Generation, choose_tokens
-from morsearch.model.graphed import Family, decode_attention, family_of
+from morsearch.model.graphed import Family, decode_attention, family_of, prefill_lengths, run_graphed
 from morsearch.model.kv_cache import KVCache, shared_source, writes_own_kv
 from morsearch.model.layers import apply_rope
 from morsearch.model.mor import MoRModel
@@ -304,30 +304,11 @@ class GraphedDepthwiseDecoder:
         self._exit(w, stopping)
         self._enter(w, stopping & (w.emitted < w.new_tokens))
 
-    def _run(self, w: _Workload, key: str, part: Callable[[], None]) -> None:
-        """Run one part: eagerly the first time (and always on the CPU), then as a CUDA graph."""
-        graph = w.graphs.get(key)
-        if graph is not None:
-            graph.replay()
-            return
-        part()  # the real work of this call, and the warm-up of the capture
-        if w.pool is not None:
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=w.pool):  # records the kernels, runs none
-                part()
-            w.graphs[key] = graph
-
     # --- generation -----------------------------------------------------------------------------
 
     def _workload(self, cache: KVCache, new_tokens: int, keep_logits: bool, forced: bool) -> _Workload:
         """This generation's static buffers, holding the prefill's K/V (reused when the layout repeats)."""
-        lengths: dict[Family, torch.Tensor] = {}
-        for app, slot in cache.slots.items():
-            if slot.lengths is not None:
-                lengths.setdefault(family_of(self.model, app), slot.lengths)
-        longest = torch.stack(list(lengths.values())).amax(dim=1).tolist() if lengths else []  # one sync
-        filled = {family: 0 for family in (family_of(self.model, app) for app in cache.slots)}
-        filled.update(zip(lengths, longest, strict=True))
+        _, filled = prefill_lengths(self.model, cache)
         key = (cache.batch_size, new_tokens, tuple(filled.items()), keep_logits, forced)
         if key != self.workload_key or self.workload is None:
             self.workload = None  # free the old buffers and graphs first
@@ -358,7 +339,7 @@ class GraphedDepthwiseDecoder:
         for tensor in (w.emitted, w.iteration, w.step_tokens, w.emissions, w.in_flight, w.in_block):
             tensor.zero_()
         w.prompt_len.fill_(P)
-        self._run(w, "start", lambda: self._start(w))
+        run_graphed(w.graphs, w.pool, "start", lambda: self._start(w))
         if on_iteration is not None:
             on_iteration()
         iterations = 0
@@ -367,7 +348,7 @@ class GraphedDepthwiseDecoder:
             if not behind:
                 break
             for _ in range(behind):  # each token takes at least one iteration: none is wasted
-                self._run(w, "iteration", lambda: self._iteration(w))
+                run_graphed(w.graphs, w.pool, "iteration", lambda: self._iteration(w))
                 iterations += 1
                 if on_iteration is not None:
                     on_iteration()

@@ -166,12 +166,24 @@ class SearchObjective:
             if cached is not None and wanted <= set(cached.objectives or {}):
                 return self._reused(trial, base, cached)
 
+        from morsearch.search import device_share  # loads torch and Lightning, once a trial trains
+
         pruner = self._pruner(trial, spec)
         try:
-            result = self.train(spec.model, spec.budget, spec.data, on_eval=self._on_eval(pruner), device=self.device)
+            result = self.train(
+                spec.model,
+                spec.budget,
+                spec.data,
+                on_eval=self._on_eval(pruner),
+                device=self.device,
+                callbacks=[device_share.SharedDeviceCallback(self.device)],
+            )
             if self.stop.event.is_set() and result.stopped_early:
                 raise TrialInterrupted
-            measurement = None if result.stopped_early else self.measure(result.model, spec.target)
+            measurement = None
+            if not result.stopped_early:
+                with device_share.measuring_alone(spec.target):
+                    measurement = self.measure(result.model, spec.target)
         except TrialInterrupted:
             raise
         except Exception as exc:  # a trial's failure is a result: record why, the worker goes on

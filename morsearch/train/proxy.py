@@ -253,6 +253,7 @@ def run_proxy(
     data: DataConfig,
     on_eval: OnEval | None = None,
     device: str | torch.device | None = None,
+    callbacks: Sequence[pl.Callback] = (),
 ) -> ProxyResult:
     """Train ``model_config`` on ``budget`` and score it on the fixed validation set of ``data``.
 
@@ -263,6 +264,7 @@ def run_proxy(
         on_eval: Called after every validation with (training tokens seen, val NLL); returning
             True stops the run early (the search's pruning).
         device: Where to train; None or "auto" picks the GPU when there is one.
+        callbacks: More Lightning callbacks for the trainer (the search's device sharing).
 
     Returns:
         The final validation NLL, the curve, throughput, phase times, routing shares and the model.
@@ -278,7 +280,7 @@ def run_proxy(
     module, datamodule, total_steps = prepare(model_config, budget, data, target)
     recorder = EvalRecorder(budget.tokens_per_step, target, on_eval)
     every = eval_interval(budget, total_steps, datamodule.num_val_tokens)
-    trainer = make_trainer(budget, target, total_steps, every, [recorder])
+    trainer = make_trainer(budget, target, total_steps, every, [recorder, *callbacks])
     _sync(target)
     phases = {"build": time.perf_counter() - started, "compile": 0.0}
 

@@ -174,8 +174,9 @@ def _start_worker(url: str, index: int, log: Path) -> subprocess.Popen:
 
 def test_killed_worker_trial_is_retried_and_completes(storage_url: str, real_workers: Path) -> None:
     n_trials = 3
-    # Wall-clock budget: every trial trains for 1.5 s, so the kill lands inside the training.
-    space = _real_space(real_workers, n_trials, kind="seconds", value=1.5)
+    # Wall-clock budget: every trial trains for 1.5 s, so the kill lands inside the training;
+    # validations every 10 steps give each curve several points however fast this machine is.
+    space = _real_space(real_workers, n_trials, kind="seconds", value=1.5, eval_every=10)
     launch(space, workers=0, storage=storage_url, console=Console(file=io.StringIO()))
     doomed = _start_worker(storage_url, 0, real_workers / "doomed.log")
     study = optuna.load_study(study_name="tiny", storage=storage_url)

@@ -1,0 +1,187 @@
+"""Device sharing between workers: a measurement has its device alone, work never starves it."""
+
+from __future__ import annotations
+
+import fcntl
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+from optuna.trial import TrialState
+
+from morsearch.config import DeploymentTarget
+from morsearch.measure import measure
+from morsearch.search.device_share import LOCK_DIR_ENV, DeviceLock, SharedDeviceCallback, device_key
+from morsearch.search.objective import SearchObjective
+from morsearch.search.worker import Worker
+from morsearch.train import run_proxy
+from tests.train_tests.helpers import DATA, steps_budget, tiny_mor
+
+WAIT = 0.3  # long enough for a lock that should block to show it does not
+
+
+def start(action) -> tuple[threading.Thread, threading.Event]:
+    done = threading.Event()
+    thread = threading.Thread(target=lambda: (action(), done.set()), daemon=True)
+    thread.start()
+    return thread, done
+
+
+def busy_taken(folder: Path, key: str) -> bool:
+    """Whether some holder keeps another process from taking the busy lock exclusively."""
+    with open(folder / f"{key}.busy.lock", "a+b") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        return False
+
+
+def test_a_measurement_blocks_new_batches(tmp_path: Path) -> None:
+    measurement, work = DeviceLock("dev", tmp_path), DeviceLock("dev", tmp_path)
+    with measurement.exclusive():
+        thread, began = start(work.begin_work)
+        assert not began.wait(WAIT)
+    assert began.wait(5)
+    work.end_work()
+    thread.join()
+
+
+def test_a_measurement_waits_for_the_batch_in_flight(tmp_path: Path) -> None:
+    measurement, work = DeviceLock("dev", tmp_path), DeviceLock("dev", tmp_path)
+    work.begin_work()
+    inside = threading.Event()
+
+    def measure_once() -> None:
+        with measurement.exclusive():
+            inside.set()
+
+    thread, _ = start(measure_once)
+    assert not inside.wait(WAIT)
+    work.end_work()
+    assert inside.wait(5)
+    thread.join()
+
+
+def test_overlapping_batches_do_not_starve_a_measurement(tmp_path: Path) -> None:
+    # Four workers whose batches overlap, so that the device is never free of work: a lone
+    # shared/exclusive lock would let them pass a waiting measurement forever.
+    stop, running = threading.Event(), []
+    counter_lock = threading.Lock()
+
+    def worker(offset: float) -> None:
+        lock = DeviceLock("dev", tmp_path)
+        time.sleep(offset)
+        while not stop.is_set():
+            lock.begin_work()
+            with counter_lock:
+                running.append(1)
+            time.sleep(0.02)
+            with counter_lock:
+                running.pop()
+            lock.end_work()
+
+    threads = [threading.Thread(target=worker, args=(i * 0.005,), daemon=True) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.1)
+    measured = threading.Event()
+    during: list[int] = []
+
+    def measure_once() -> None:
+        with DeviceLock("dev", tmp_path).exclusive():
+            during.append(len(running))
+            time.sleep(0.05)
+            during.append(len(running))
+            measured.set()
+
+    start(measure_once)
+    assert measured.wait(5)
+    stop.set()
+    for thread in threads:
+        thread.join()
+    assert during == [0, 0]  # no batch ran while the measurement held the device
+
+
+def test_devices_do_not_block_each_other(tmp_path: Path) -> None:
+    with DeviceLock("cuda-a", tmp_path).exclusive():
+        work = DeviceLock("cuda-b", tmp_path)
+        _, began = start(work.begin_work)
+        assert began.wait(5)
+        work.end_work()
+
+
+def _hold_exclusive(folder: str, held) -> None:
+    with DeviceLock("dev", Path(folder)).exclusive():
+        held.set()
+        time.sleep(600)
+
+
+def test_a_killed_measurement_frees_its_device(tmp_path: Path) -> None:
+    context = multiprocessing.get_context("fork")
+    held = context.Event()
+    holder = context.Process(target=_hold_exclusive, args=(str(tmp_path), held))
+    holder.start()
+    assert held.wait(30)
+    work = DeviceLock("dev", tmp_path)
+    thread, began = start(work.begin_work)
+    assert not began.wait(WAIT)
+    os.kill(holder.pid, signal.SIGKILL)  # the kernel drops a dead process's flocks
+    holder.join()
+    assert began.wait(5)
+    work.end_work()
+    thread.join()
+
+
+def test_every_training_batch_holds_its_device(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv(LOCK_DIR_ENV, str(tmp_path))
+    seen: list[bool] = []
+
+    class Probe(pl.Callback):  # runs after SharedDeviceCallback's hooks at batch start
+        def on_train_batch_start(self, *_args) -> None:
+            seen.append(busy_taken(tmp_path, "cpu"))
+
+    run_proxy(tiny_mor(), steps_budget(6), DATA, device="cpu", callbacks=[SharedDeviceCallback("cpu"), Probe()])
+    assert seen == [True] * 6
+    assert not busy_taken(tmp_path, "cpu")  # nothing left held after the run
+
+
+def test_the_objective_measures_with_the_device_to_itself(tmp_path: Path, monkeypatch) -> None:
+    from morsearch import store
+    from morsearch.search.samplers import make_sampler
+    from morsearch.search.space import load_search_space
+    from morsearch.search.study import create_study, open_storage
+    from tests.search_tests.test_objective import tiny_space_file
+
+    monkeypatch.setenv(LOCK_DIR_ENV, str(tmp_path))
+    space = load_search_space(tiny_space_file(tmp_path, n_trials=1))
+    rdb, engine = open_storage(f"sqlite:///{tmp_path / 'tiny.db'}")
+    study, _ = create_study(rdb, engine, "tiny", space.directions, space.objective_names, make_sampler(space))
+    probes: list[tuple[DeviceLock, threading.Thread, threading.Event, bool]] = []
+
+    def measure_and_probe(model, target: DeploymentTarget):
+        work = DeviceLock(device_key(None if target.device == "auto" else target.device))
+        thread, began = start(work.begin_work)  # another worker's next batch
+        probes.append((work, thread, began, began.wait(WAIT)))
+        return measure(model, target)
+
+    Worker(study, rdb, engine, SearchObjective(space, study, engine, measure=measure_and_probe), 1).run()
+    (trial,) = study.get_trials(deepcopy=False)
+    assert trial.state == TrialState.COMPLETE, trial.user_attrs.get("failure_detail")
+    ((work, thread, began, began_while_measuring),) = probes
+    assert not began_while_measuring
+    assert began.wait(5)  # and it went on once the measurement was done
+    work.end_work()
+    thread.join()
+    rdb.engine.dispose()
+    store.dispose_engines()
+
+
+@pytest.mark.parametrize("device", ["cpu", None, "auto"])
+def test_device_keys_name_the_hardware(device) -> None:
+    assert device_key(device) == "cpu"  # this test machine has no GPU; a GPU's key is its UUID

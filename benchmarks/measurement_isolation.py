@@ -35,7 +35,7 @@ from morsearch.config import DataConfig, DeploymentTarget, ModelConfig, TrainBud
 from morsearch.measure import measure
 from morsearch.search.device_share import measuring_alone
 
-MODEL = dict(vocab_size=8192, d_model=512, num_heads=8, num_kv_heads=4, ffn_dim=1408, num_layers=12,
+MODEL = dict(vocab_size=8192, d_model=512, num_heads=8, num_kv_heads=4, ffn_dim=1408, num_layers=14,
              max_seq_len=512, num_recursions=3, sharing="middle_cycle", router="expert_choice")  # fmt: skip
 TRAINER_MODEL = dict(vocab_size=256, d_model=256, num_heads=4, num_kv_heads=2, ffn_dim=688, num_layers=6,
                      max_seq_len=256, num_recursions=2, sharing="cycle", router="expert_choice")  # fmt: skip

@@ -29,8 +29,8 @@ stock vs tpe vs random: a few minutes on a CPU). The paper space as written (96
 trials of 3e15 FLOPs) takes days per run; ``--trials 16 --budget-flops 3e13 --jobs 12``
 fits one device call (on an H200 with ``--seeds 2 --jobs 12``: every search done in
 319-380 s, ``results/sampler_efficiency_paper.json``), with the searches sharing the GPU
-(their device seconds then include that sharing, alike for every run, and their
-measured throughputs are noisier for it). ``--budget-flops`` also sizes a builtin corpus by the
+(their device seconds then include that sharing, alike for every run; each measurement
+holds the GPU alone, docs/SCALING.md, which the committed run predates). ``--budget-flops`` also sizes a builtin corpus by the
 run (``load_space``): with the paper space's fixed 50M-token corpus, validation outweighed
 training twentyfold and no search of 16-20 trials finished within 225-570 s on an H200.
 ``--time-limit S`` stops every search after S seconds (its trial in flight is stopped)

@@ -1,7 +1,8 @@
 """``measure(model_or_config, target)``: run a model on its deployment target and time it.
 
 One measurement = warm-up generations (kernels, allocator, caches), one
-generation under a peak-memory monitor, then ``target.repeats`` timed generations.
+generation under a peak-memory monitor, then ``target.repeats`` timed generations
+(garbage collected before them, the collector paused during them).
 Each generation prefills ``prompt_len`` random tokens for ``batch_size`` sequences
 and decodes until each has ``new_tokens`` new tokens (a fixed random continuation,
 or greedy: ``target.decode_tokens``), with the decoder that serves MoR fastest on
@@ -28,7 +29,13 @@ from morsearch.config import DeploymentTarget, ModelConfig
 from morsearch.errors import ConfigError
 from morsearch.measure.memory import PeakMemory
 from morsearch.measure.results import Measurement
-from morsearch.measure.timing import Clock, coefficient_of_variation, inter_token_latencies, percentile
+from morsearch.measure.timing import (
+    Clock,
+    coefficient_of_variation,
+    collector_paused,
+    inter_token_latencies,
+    percentile,
+)
 from morsearch.model import MoRModel, build_model
 from morsearch.model.decoders import DECODERS
 
@@ -156,13 +163,14 @@ def measure(
 
         clock = Clock(device)
         prefill_s, decode_s, latencies = [], [], []
-        for _ in range(target.repeats):
-            clock.start()
-            generation = run.generate(prompt, N, forced, on_iteration=clock.mark)
-            times = clock.seconds()  # times[0]: end of the prefill (and the first token)
-            prefill_s.append(times[0])
-            decode_s.append(times[-1] - times[0])
-            latencies += inter_token_latencies(times, generation.emissions)
+        with collector_paused():
+            for _ in range(target.repeats):
+                clock.start()
+                generation = run.generate(prompt, N, forced, on_iteration=clock.mark)
+                times = clock.seconds()  # times[0]: end of the prefill (and the first token)
+                prefill_s.append(times[0])
+                decode_s.append(times[-1] - times[0])
+                latencies += inter_token_latencies(times, generation.emissions)
 
     param_bytes = parameter_bytes(model)
     decoded = B * (N - 1)  # tokens produced after the prefill

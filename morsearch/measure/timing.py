@@ -9,10 +9,12 @@ exact.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import math
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 
@@ -54,6 +56,24 @@ class Clock:
             return [first.elapsed_time(event) / 1e3 for event in rest]  # type: ignore[arg-type]
         assert isinstance(first, float)
         return [float(mark) - first for mark in rest]  # type: ignore[arg-type]
+
+
+@contextlib.contextmanager
+def collector_paused() -> Iterator[None]:
+    """Collect garbage now, then keep Python's cycle collector out of the timed region.
+
+    As ``timeit`` does: a collection inside a host-bound region (an eager prefill, a
+    small model's decode) would land in one repeat's time, and how much garbage there
+    is depends on what ran before, e.g. an earlier measurement's decoders.
+    """
+    gc.collect()
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def coefficient_of_variation(values: Sequence[float]) -> float:

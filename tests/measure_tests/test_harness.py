@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import statistics
 
 import pytest
@@ -44,6 +45,21 @@ def test_measure_a_config(mor_config: ModelConfig) -> None:
     assert m.peak_memory_bytes == m.param_bytes + m.peak_growth_bytes
     assert len(m.step_token_fraction) == 2 and m.step_token_fraction[0] == 1.0
     assert m.to_dict()["step_token_fraction"] == list(m.step_token_fraction)
+
+
+def test_only_the_timed_repeats_run_without_the_garbage_collector(mor_config: ModelConfig, monkeypatch) -> None:
+    collecting: list[bool] = []
+
+    class Recording(DECODERS["lockstep"]):
+        def generate(self, *args, **kwargs):
+            collecting.append(gc.isenabled())
+            return super().generate(*args, **kwargs)
+
+    monkeypatch.setitem(DECODERS, "recording", Recording)
+    measure(mor_config, TARGET.model_copy(update={"warmup": 2}), decoder="recording")
+    # two warm-ups and the monitored generation collect as usual; the three timed repeats do not
+    assert collecting == [True, True, True, False, False, False]
+    assert gc.isenabled()
 
 
 def test_measure_a_trained_module_leaves_it_untouched(mor_config: ModelConfig) -> None:

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import gc
 import math
 import time
 
 import pytest
 import torch
 
-from morsearch.measure.timing import Clock, coefficient_of_variation, inter_token_latencies, percentile
+from morsearch.measure.timing import (
+    Clock,
+    coefficient_of_variation,
+    collector_paused,
+    inter_token_latencies,
+    percentile,
+)
 
 
 def test_clock_marks_are_relative_to_start_and_ordered() -> None:
@@ -56,3 +63,16 @@ def test_cuda_clock_times_queued_work() -> None:
         x = x @ x / 64
     clock.mark()
     assert clock.seconds()[0] > 0
+
+
+def test_collector_paused_restores_the_collector_as_it_found_it() -> None:
+    with collector_paused():
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with collector_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()  # a caller that had it off keeps it off
+    finally:
+        gc.enable()

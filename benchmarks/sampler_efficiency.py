@@ -30,13 +30,17 @@ trials of 3e15 FLOPs) takes days per run; ``--trials 16 --budget-flops 3e13 --jo
 fits one device call (on an H200 with ``--seeds 2 --jobs 12``: every search done in
 319-380 s, ``results/sampler_efficiency_paper.json``), with the searches sharing the GPU
 (their device seconds then include that sharing, alike for every run; each measurement
-holds the GPU alone, docs/SCALING.md, which the committed run predates). ``--budget-flops`` also sizes a builtin corpus by the
-run (``load_space``): with the paper space's fixed 50M-token corpus, validation outweighed
-training twentyfold and no search of 16-20 trials finished within 225-570 s on an H200.
+holds the GPU alone, docs/SCALING.md, which the committed run predates).
+``--budget-flops`` also sizes a builtin corpus by the run (``load_space``): with the
+paper space's fixed 50M-token corpus, validation outweighed training twentyfold and no
+search of 16-20 trials finished within 225-570 s on an H200.
 ``--time-limit S`` stops every search after S seconds (its trial in flight is stopped)
 and summarises the trials that finished, so a run fits the time it is given; give
 ``--jobs`` at least the number of searches, so that all start together and get the
-same time.
+same time. ``--store-dir DIR`` keeps the searches' stores: run again with the same
+folder (and arguments) and every search continues where it stopped, toward ``--trials``,
+its history and device seconds counted from all its trials, so a search longer than one
+device call runs in several (carry the folder between them).
 """
 
 from __future__ import annotations
@@ -115,8 +119,8 @@ def run_search(
     sampler = optuna.samplers.TPESampler(seed=seed) if stock else make_sampler(varied)
     url = f"sqlite:///{folder / f'{space.study_name}-{run}-{seed}.db'}"
     rdb, engine = open_storage(url)
-    study, _ = create_study(rdb, engine, space.study_name, space.directions, space.objective_names, sampler)
-    if not stock:
+    study, created = create_study(rdb, engine, space.study_name, space.directions, space.objective_names, sampler)
+    if created and not stock:  # a search continued from --store-dir has its baselines already
         enqueue_baselines(study, varied)
     objective = SearchObjective(
         varied, study, engine, early_stopping=not (stock or no_es), reuse=not stock, prefilter=not stock
@@ -247,6 +251,12 @@ def main() -> None:
     parser.add_argument(
         "--time-limit", type=float, default=None, help="Stop every search after this many seconds (per space)."
     )
+    parser.add_argument(
+        "--store-dir",
+        type=Path,
+        default=None,
+        help="Keep each search's SQLite store here; a later run with the same folder continues them to --trials.",
+    )
     args = parser.parse_args()
     if args.jobs < 1:
         parser.error(f"--jobs {args.jobs}: give at least 1")
@@ -265,7 +275,8 @@ def main() -> None:
     targets: dict[str, dict[str, Any]] = {}
     result_name = "sampler_efficiency" + ("_quick" if args.quick else "")
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
+        folder = args.store_dir or Path(tmp)
+        folder.mkdir(parents=True, exist_ok=True)
         paths = (
             [quick_space_file(folder, args.trials or 6)]
             if args.quick

@@ -22,6 +22,7 @@ measurements ran against before them).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing
 import statistics
 import time
@@ -63,10 +64,7 @@ def run_trainer(seconds: float, quick: bool, device: str, started: Any, steps: A
 
 
 def decode_rate(model: ModelConfig, deployment: DeploymentTarget, isolated: bool) -> dict[str, float]:
-    if isolated:
-        with measuring_alone(deployment):
-            result = measure(model, deployment)
-    else:
+    with measuring_alone(deployment) if isolated else contextlib.nullcontext():
         result = measure(model, deployment)
     return {"decode_tokens_per_s": result.decode_tokens_per_s, "decode_cv": result.decode_cv}
 

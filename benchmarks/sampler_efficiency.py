@@ -260,6 +260,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.jobs < 1:
         parser.error(f"--jobs {args.jobs}: give at least 1")
+    if args.store_dir is not None and args.store_dir.exists() and not args.store_dir.is_dir():
+        parser.error(f"--store-dir {args.store_dir}: a file is there; give a folder (new or of an earlier run)")
     if args.time_limit is not None and args.time_limit <= 0:
         parser.error(f"--time-limit {args.time_limit:g}: give a positive number of seconds")
     seeds = list(range(args.seeds or (1 if args.quick else 3)))

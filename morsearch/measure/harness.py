@@ -2,8 +2,7 @@
 
 One measurement = warm-up generations (kernels, allocator, caches), one
 generation under a peak-memory monitor, then ``target.repeats`` timed generations
-and three times as many timed prefills (garbage collected before them, the
-collector paused during them).
+(garbage collected before them, the collector paused during them).
 Each generation prefills ``prompt_len`` random tokens for ``batch_size`` sequences
 and decodes until each has ``new_tokens`` new tokens (a fixed random continuation,
 or greedy: ``target.decode_tokens``), with the decoder that serves MoR fastest on
@@ -40,7 +39,6 @@ from morsearch.measure.timing import (
 from morsearch.model import MoRModel, build_model
 from morsearch.model.decoders import DECODERS
 
-PREFILL_REPEATS_PER_GENERATION = 3
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -170,16 +168,9 @@ def measure(
                 clock.start()
                 generation = run.generate(prompt, N, forced, on_iteration=clock.mark)
                 times = clock.seconds()  # times[0]: end of the prefill (and the first token)
+                prefill_s.append(times[0])
                 decode_s.append(times[-1] - times[0])
                 latencies += inter_token_latencies(times, generation.emissions)
-            # Every decoder prefills with the model's own forward. One pass is short (and
-            # host-bound when eager), so it is timed on its own, more often than the
-            # generations, at a small share of their time.
-            for _ in range(PREFILL_REPEATS_PER_GENERATION * target.repeats):
-                clock.start()
-                model(prompt, cache=model.new_cache(B))
-                clock.mark()
-                prefill_s.append(clock.seconds()[0])
 
     param_bytes = parameter_bytes(model)
     decoded = B * (N - 1)  # tokens produced after the prefill

@@ -29,7 +29,7 @@ class Measurement:
         peak_growth_bytes: The growth part alone (``peak_memory_bytes - param_bytes``).
         kv_cache_bytes: Bytes the KV cache held on its device at the end of generation.
         param_bytes: Bytes of the distinct parameters (tied weights counted once).
-        prefill_tokens_per_s: Prompt tokens processed per second (median over the prefill repeats).
+        prefill_tokens_per_s: Prompt tokens processed per second (median over repeats).
         decode_tokens_per_s: Tokens generated per second after the prefill, whole batch
             (median over repeats).
         latency_p50_ms: Median time between two tokens of one sequence, in ms.
@@ -38,9 +38,9 @@ class Measurement:
         prefill_cv: The same for the prefill time.
         step_token_fraction: Share of decoded tokens that ran each recursion step
             (the trained routers' real decisions; empty without a recursion block).
-        repeats: Timed generations behind the decode medians (the prefill has three per generation).
+        repeats: Timed repeats behind the medians.
         decode_seconds: Raw decode time of each repeat.
-        prefill_seconds: Raw time of each prefill repeat (the model's forward over the prompt).
+        prefill_seconds: Raw prefill time of each repeat.
         versions: Library versions and the morsearch version that measured.
     """
 

@@ -26,11 +26,12 @@ upper bound: the default's seconds over stock's total.
 Run: ``python -m benchmarks.sampler_efficiency`` (quickstart space, 3 seeds; add
 ``--spaces quickstart paper`` on a GPU), or ``--quick`` (a shrunken quickstart, 1 seed,
 stock vs tpe vs random: a few minutes on a CPU). The paper space as written (96
-trials of 3e15 FLOPs) takes days per run; ``--trials 16 --budget-flops 3e13 --jobs 12``
-fits one device call (on an H200 with ``--seeds 2 --jobs 12``: every search done in
-319-380 s, ``results/sampler_efficiency_paper.json``), with the searches sharing the GPU
-(their device seconds then include that sharing, alike for every run; each measurement
-holds the GPU alone, docs/SCALING.md, which the committed run predates).
+trials of 3e15 FLOPs) takes days per run; at ``--budget-flops 3e13 --jobs 8`` a search
+does about 18 trials in 400 s on an H200 with 8 sharing the GPU, so the committed
+``results/sampler_efficiency_paper.json`` (``--trials 64 --seeds 2 --samplers tpe
+random``: 8 searches) ran in three device calls with ``--store-dir``. Searches sharing
+the GPU count that sharing in their device seconds, alike for every run; each
+measurement holds the GPU alone (docs/SCALING.md), so the others' batches wait for it.
 ``--budget-flops`` also sizes a builtin corpus by the run (``load_space``): with the
 paper space's fixed 50M-token corpus, validation outweighed training twentyfold and no
 search of 16-20 trials finished within 225-570 s on an H200.

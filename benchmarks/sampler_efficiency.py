@@ -30,8 +30,10 @@ trials of 3e15 FLOPs) takes days per run; at ``--budget-flops 3e13 --jobs 8`` a 
 does about 18 trials in 400 s on an H200 with 8 sharing the GPU, so the committed
 ``results/sampler_efficiency_paper.json`` (``--trials 64 --seeds 2 --samplers tpe
 random``: 8 searches) ran in three device calls with ``--store-dir``. Searches sharing
-the GPU count that sharing in their device seconds, alike for every run; each
-measurement holds the GPU alone (docs/SCALING.md), so the others' batches wait for it.
+the GPU count that sharing in their device seconds, alike for every run. Each
+measurement holds the GPU alone (docs/SCALING.md) and the others' batches wait for it;
+a trial's device seconds leave those waits out (the committed run predates that, so
+its device seconds include them).
 ``--budget-flops`` also sizes a builtin corpus by the run (``load_space``): with the
 paper space's fixed 50M-token corpus, validation outweighed training twentyfold and no
 search of 16-20 trials finished within 225-570 s on an H200.

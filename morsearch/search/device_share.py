@@ -30,6 +30,7 @@ import contextlib
 import os
 import re
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -68,13 +69,19 @@ def device_key(device: str | torch.device | None) -> str:
 
 
 class DeviceLock:
-    """The gate and busy locks of one device (module docstring); not shared between threads."""
+    """The gate and busy locks of one device (module docstring); not shared between threads.
+
+    ``waited_seconds`` adds up the time spent waiting for the locks: time this holder's
+    trial spent on no device because another worker had it (a measurement, or the
+    batches a measurement waits for), which is not the trial's own device time.
+    """
 
     def __init__(self, key: str, folder: Path | None = None) -> None:
         self.key = key
         folder = folder or lock_dir()
         self._paths = {name: folder / f"{key}.{name}.lock" for name in ("gate", "busy")}
         self._files: dict[str, Any] = {}
+        self.waited_seconds = 0.0
 
     def _flock(self, name: str, operation: int) -> None:
         if fcntl is None:
@@ -87,9 +94,11 @@ class DeviceLock:
         """Hold the device shared for one batch; waits while a measurement holds or awaits it."""
         if fcntl is None:
             return
+        asked = time.perf_counter()
         self._flock("gate", fcntl.LOCK_SH)
         self._flock("gate", fcntl.LOCK_UN)
         self._flock("busy", fcntl.LOCK_SH)
+        self.waited_seconds += time.perf_counter() - asked
 
     def end_work(self) -> None:
         if fcntl is not None:
@@ -101,9 +110,11 @@ class DeviceLock:
         if fcntl is None:
             yield
             return
+        asked = time.perf_counter()
         self._flock("gate", fcntl.LOCK_EX)
         try:
             self._flock("busy", fcntl.LOCK_EX)
+            self.waited_seconds += time.perf_counter() - asked
             try:
                 yield
             finally:
@@ -118,12 +129,12 @@ class DeviceLock:
 
 
 @contextlib.contextmanager
-def measuring_alone(target: DeploymentTarget) -> Iterator[None]:
-    """Hold the target's device exclusively for one measurement (module docstring)."""
+def measuring_alone(target: DeploymentTarget) -> Iterator[DeviceLock]:
+    """Hold the target's device exclusively for one measurement (module docstring); yields its lock."""
     lock = DeviceLock(device_key(target_device(target)))  # a CUDA target without a GPU fails here, as in measure()
     try:
         with lock.exclusive():
-            yield
+            yield lock
     finally:
         lock.close()
 
@@ -146,6 +157,11 @@ class SharedDeviceCallback(pl.Callback):
     def __init__(self, device: str | torch.device | None) -> None:
         self.locks = work_locks(device)
         self._held = False
+
+    @property
+    def waited_seconds(self) -> float:
+        """Seconds the batches so far waited for their device (``DeviceLock.waited_seconds``)."""
+        return sum(lock.waited_seconds for lock in self.locks)
 
     def _begin(self) -> None:
         for lock in self.locks:

@@ -169,6 +169,12 @@ class SearchObjective:
         from morsearch.search import device_share  # loads torch and Lightning, once a trial trains
 
         pruner = self._pruner(trial, spec)
+        sharing = device_share.SharedDeviceCallback(self.device)
+        alone: device_share.DeviceLock | None = None
+
+        def waited() -> float:  # on other workers' use of the device: not this trial's device time
+            return sharing.waited_seconds + (alone.waited_seconds if alone is not None else 0.0)
+
         try:
             result = self.train(
                 spec.model,
@@ -176,19 +182,19 @@ class SearchObjective:
                 spec.data,
                 on_eval=self._on_eval(pruner),
                 device=self.device,
-                callbacks=[device_share.SharedDeviceCallback(self.device)],
+                callbacks=[sharing],
             )
             if self.stop.event.is_set() and result.stopped_early:
                 raise TrialInterrupted
             measurement = None
             if not result.stopped_early:
-                with device_share.measuring_alone(spec.target):
+                with device_share.measuring_alone(spec.target) as alone:
                     measurement = self.measure(result.model, spec.target)
         except TrialInterrupted:
             raise
         except Exception as exc:  # a trial's failure is a result: record why, the worker goes on
-            return self._failed(base, exc, clock)
-        return self._finished(trial, spec, base, result, measurement, clock)
+            return self._failed(base, exc, clock, waited())
+        return self._finished(trial, spec, base, result, measurement, clock, waited())
 
     # --- the pieces ---------------------------------------------------------------------------
 
@@ -248,6 +254,7 @@ class SearchObjective:
         result: ProxyResult,
         measurement: Measurement | None,
         clock: float,
+        waited: float,
     ) -> Outcome:
         seconds = time.perf_counter() - clock
         record: dict[str, Any] = dict(
@@ -256,11 +263,11 @@ class SearchObjective:
             tokens_seen=result.tokens_seen,
             stopped_early=result.stopped_early,
             routing=list(result.routing),
-            phase_seconds={**result.phase_seconds, "trial": seconds},
-            device_seconds=seconds,
+            phase_seconds={**result.phase_seconds, "trial": seconds, "device_wait": waited},
+            device_seconds=seconds - waited,
             curve=tuple(result.curve),
         )
-        attrs = {"gpu_seconds": seconds}
+        attrs = {"gpu_seconds": seconds - waited}
         if measurement is None:  # stopped early: quality alone decided, nothing measured
             return Outcome(TrialState.PRUNED, record=store.TrialRecord(**record, state="pruned"), attrs=attrs)
         metrics = metric_values(spec, result, measurement)
@@ -288,20 +295,20 @@ class SearchObjective:
         attrs = {"reused_from": origin, "gpu_seconds": 0.0}
         return Outcome(TrialState.COMPLETE, self._values(cached.objectives or {}), record, attrs)
 
-    def _failed(self, base: dict[str, Any], exc: Exception, clock: float) -> Outcome:
+    def _failed(self, base: dict[str, Any], exc: Exception, clock: float, waited: float) -> Outcome:
         reason, detail, requested = classify_failure(exc)
         if reason == "oom":
             _release_cuda_memory()
-        seconds = time.perf_counter() - clock
+        held = time.perf_counter() - clock - waited
         record = store.TrialRecord(
             **base,
             state="failed",
             failure_reason=reason,
             failure_detail=detail,
             requested_memory_bytes=requested,
-            device_seconds=seconds,
+            device_seconds=held,
         )
-        attrs: dict[str, Any] = {"failure_reason": reason, "failure_detail": detail[-1000:], "gpu_seconds": seconds}
+        attrs: dict[str, Any] = {"failure_reason": reason, "failure_detail": detail[-1000:], "gpu_seconds": held}
         if requested is not None:
             attrs["requested_memory_bytes"] = requested
         return Outcome(TrialState.FAIL, record=record, attrs=attrs)

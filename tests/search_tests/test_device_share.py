@@ -185,3 +185,64 @@ def test_the_objective_measures_with_the_device_to_itself(tmp_path: Path, monkey
 @pytest.mark.parametrize("device", ["cpu", None, "auto"])
 def test_device_keys_name_the_hardware(device) -> None:
     assert device_key(device) == "cpu"  # this test machine has no GPU; a GPU's key is its UUID
+
+
+def test_a_lock_counts_the_time_it_waited_for_another_holder(tmp_path: Path) -> None:
+    measurement, work = DeviceLock("dev", tmp_path), DeviceLock("dev", tmp_path)
+    with measurement.exclusive():
+        thread, began = start(work.begin_work)
+        time.sleep(WAIT)
+    assert began.wait(5)
+    work.end_work()
+    thread.join()
+    assert WAIT <= work.waited_seconds < WAIT + 2
+    assert measurement.waited_seconds < WAIT  # it found the device free
+
+    def measure_once() -> None:
+        with measurement.exclusive():
+            pass
+
+    work.begin_work()  # a batch in flight: the next measurement waits for its end
+    thread, measured = start(measure_once)
+    time.sleep(WAIT)
+    work.end_work()
+    assert measured.wait(5)
+    thread.join()
+    assert WAIT <= measurement.waited_seconds < WAIT + 2
+
+
+def test_a_trial_s_device_seconds_leave_out_its_waits_for_a_measurement(tmp_path: Path, monkeypatch) -> None:
+    from morsearch import store
+    from morsearch.search.samplers import make_sampler
+    from morsearch.search.space import load_search_space
+    from morsearch.search.study import create_study, open_storage
+    from tests.search_tests.test_objective import tiny_space_file
+
+    monkeypatch.setenv(LOCK_DIR_ENV, str(tmp_path))
+    space = load_search_space(tiny_space_file(tmp_path, n_trials=1))
+    rdb, engine = open_storage(f"sqlite:///{tmp_path / 'tiny.db'}")
+    study, _ = create_study(rdb, engine, "tiny", space.directions, space.objective_names, make_sampler(space))
+    other_worker = DeviceLock("cpu")
+    measuring = threading.Event()
+
+    def train_beside_a_measurement(*args, **kwargs):
+        def measure_for_a_while() -> None:
+            with other_worker.exclusive():
+                measuring.set()
+                time.sleep(2 * WAIT)
+
+        start(measure_for_a_while)
+        assert measuring.wait(5)
+        return run_proxy(*args, **kwargs)  # its first batch waits for that measurement
+
+    objective = SearchObjective(space, study, engine, train=train_beside_a_measurement)
+    Worker(study, rdb, engine, objective, 1).run()
+    (trial,) = study.get_trials(deepcopy=False)
+    assert trial.state == TrialState.COMPLETE, trial.user_attrs.get("failure_detail")
+    (record,) = store.read_trials(engine, "tiny")
+    waited = record.phase_seconds["device_wait"]
+    assert WAIT <= waited < record.phase_seconds["trial"]
+    assert record.device_seconds == pytest.approx(record.phase_seconds["trial"] - waited)
+    assert trial.user_attrs["gpu_seconds"] == pytest.approx(record.device_seconds)
+    rdb.engine.dispose()
+    store.dispose_engines()

@@ -49,6 +49,8 @@ __all__ = [
 
 TOTAL_PHASES = ("trial", "total")
 """Phase names that time the whole trial rather than one part of it (never stacked with the parts)."""
+OVERLAPPING_PHASES = ("device_wait",)
+"""Phase names that time waits inside the parts (for another worker's measurement): never stacked."""
 
 MISSING = "(unset)"
 
@@ -456,7 +458,7 @@ def front_details(trials: Sequence[TrialRecord], numbers: Sequence[int]) -> Fron
     chosen = [by_number[n] for n in numbers if n in by_number]
     phase_names: dict[str, None] = {}
     for t in chosen:
-        phase_names.update(dict.fromkeys(p for p in t.phase_seconds if p not in TOTAL_PHASES))
+        phase_names.update(dict.fromkeys(p for p in t.phase_seconds if p not in TOTAL_PHASES + OVERLAPPING_PHASES))
     return FrontDetails(
         numbers=[t.number for t in chosen],
         curves={t.number: list(t.curve) for t in chosen if t.curve},

@@ -170,6 +170,8 @@ def test_filter_ranges_and_options():
 
 def test_units_and_total_phase():
     assert info.objective_units(["val_nll", "peak_memory", "mystery"]) == ("nats/token", "bytes", "")
-    timed = dataclasses.replace(record(0, (1, 2, 3)), phase_seconds={"train": 5.0, "measure": 1.0, "trial": 7.0})
+    phases = {"train": 5.0, "measure": 1.0, "trial": 7.0, "device_wait": 2.0}
+    timed = dataclasses.replace(record(0, (1, 2, 3)), phase_seconds=phases)
     details = info.front_details([timed], [0])
-    assert details.phase_names == ["train", "measure"]  # the whole-trial time is not a part to stack
+    # neither the whole-trial time nor the waits inside the parts are parts to stack
+    assert details.phase_names == ["train", "measure"]

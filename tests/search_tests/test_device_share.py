@@ -244,5 +244,6 @@ def test_a_trial_s_device_seconds_leave_out_its_waits_for_a_measurement(tmp_path
     assert WAIT <= waited < record.phase_seconds["trial"]
     assert record.device_seconds == pytest.approx(record.phase_seconds["trial"] - waited)
     assert trial.user_attrs["gpu_seconds"] == pytest.approx(record.device_seconds)
+    other_worker.close()
     rdb.engine.dispose()
     store.dispose_engines()

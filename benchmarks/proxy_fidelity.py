@@ -26,9 +26,16 @@ since two equally good measurements of one ranking disagree that much.
 Trials are small, so several share the GPU at once (``--jobs``, separate processes). The
 result file is rewritten after every run, so a run cut short keeps what it trained, and
 ``--resume`` (same arguments) trains only what is missing: a ladder that takes longer
-than one device call runs in several. The next one to run: ``--proxy-flops 1e14`` (1e14
-against 1e15, one seed: 14 x 1.1e15 FLOPs, about 15 minutes at the 17 TFLOP/s that 14
-jobs reached on an H200), in two calls.
+than one device call runs in several, as long as each run fits one call. The next one to
+run, 1e14 against 1e15 (``--proxy-flops 1e14 --multipliers 1``, one seed: 14 x 1.1e15
+FLOPs), does not fit at batch 32: 14 jobs reached 17 TFLOP/s in all on an H200, so the 14
+reference runs side by side need about 15 minutes, and in one 600 s call only vanilla-L6
+finished (436 s); a run cut short is lost.
+``--batch-size`` raises the step (64 x 256 tokens is the paper space's 16k a step);
+small proxies keep a GPU busy only at larger batches (``proxy_throughput``: 22 % busy
+at batch 64 of 256 tokens, 88 % at 256), so ``--batch-size 128`` should fit the ladder in
+one or two calls. Not yet run; it changes the proxy (fewer, larger steps), so its taus
+are a ladder of their own, not comparable with the batch-32 one.
 """
 
 from __future__ import annotations
@@ -218,9 +225,14 @@ def main() -> None:
     parser.add_argument(
         "--resume", action="store_true", help="keep the result file's runs of this plan and train only the rest"
     )
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="sequences per step (default 32; --quick: 8), recorded"
+    )
     args = parser.parse_args()
     if args.seeds < 1:
         parser.error(f"--seeds {args.seeds}: give at least 1")
+    if args.batch_size is not None and args.batch_size < 1:
+        parser.error(f"--batch-size {args.batch_size}: give at least 1")
     if args.quick:
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
     import torch
@@ -230,6 +242,8 @@ def main() -> None:
     base = budget_fields(args.quick)
     if args.proxy_flops:
         base["value"] = args.proxy_flops
+    if args.batch_size:
+        base["batch_size"] = args.batch_size
     names = QUICK_CONFIGS if args.quick and not args.all_configs else list(CONFIGS)
     multipliers = sorted({1.0, *(args.multipliers or ([] if args.quick else [3.0]))})
     budgets = {"reference": base["value"] * args.factor} | {f"proxy_x{m:g}": base["value"] * m for m in multipliers}

@@ -151,7 +151,9 @@ def test_every_training_batch_holds_its_device(tmp_path: Path, monkeypatch) -> N
     assert not busy_taken(tmp_path, "cpu")  # nothing left held after the run
 
 
-def test_the_objective_measures_with_the_device_to_itself(tmp_path: Path, monkeypatch) -> None:
+@pytest.fixture
+def one_trial_search(tmp_path: Path, monkeypatch):
+    """(space, storage, engine, study) of a one-trial tiny search, its device locks in ``tmp_path``."""
     from morsearch import store
     from morsearch.search.samplers import make_sampler
     from morsearch.search.space import load_search_space
@@ -162,6 +164,13 @@ def test_the_objective_measures_with_the_device_to_itself(tmp_path: Path, monkey
     space = load_search_space(tiny_space_file(tmp_path, n_trials=1))
     rdb, engine = open_storage(f"sqlite:///{tmp_path / 'tiny.db'}")
     study, _ = create_study(rdb, engine, "tiny", space.directions, space.objective_names, make_sampler(space))
+    yield space, rdb, engine, study
+    rdb.engine.dispose()
+    store.dispose_engines()
+
+
+def test_the_objective_measures_with_the_device_to_itself(one_trial_search) -> None:
+    space, rdb, engine, study = one_trial_search
     probes: list[tuple[DeviceLock, threading.Thread, threading.Event, bool]] = []
 
     def measure_and_probe(model, target: DeploymentTarget):
@@ -178,8 +187,6 @@ def test_the_objective_measures_with_the_device_to_itself(tmp_path: Path, monkey
     assert began.wait(5)  # and it went on once the measurement was done
     work.end_work()
     thread.join()
-    rdb.engine.dispose()
-    store.dispose_engines()
 
 
 @pytest.mark.parametrize("device", ["cpu", None, "auto"])
@@ -211,17 +218,10 @@ def test_a_lock_counts_the_time_it_waited_for_another_holder(tmp_path: Path) -> 
     assert WAIT <= measurement.waited_seconds < WAIT + 2
 
 
-def test_a_trial_s_device_seconds_leave_out_its_waits_for_a_measurement(tmp_path: Path, monkeypatch) -> None:
+def test_a_trial_s_device_seconds_leave_out_its_waits_for_a_measurement(one_trial_search) -> None:
     from morsearch import store
-    from morsearch.search.samplers import make_sampler
-    from morsearch.search.space import load_search_space
-    from morsearch.search.study import create_study, open_storage
-    from tests.search_tests.test_objective import tiny_space_file
 
-    monkeypatch.setenv(LOCK_DIR_ENV, str(tmp_path))
-    space = load_search_space(tiny_space_file(tmp_path, n_trials=1))
-    rdb, engine = open_storage(f"sqlite:///{tmp_path / 'tiny.db'}")
-    study, _ = create_study(rdb, engine, "tiny", space.directions, space.objective_names, make_sampler(space))
+    space, rdb, engine, study = one_trial_search
     other_worker = DeviceLock("cpu")
     measuring = threading.Event()
 
@@ -245,5 +245,3 @@ def test_a_trial_s_device_seconds_leave_out_its_waits_for_a_measurement(tmp_path
     assert record.device_seconds == pytest.approx(record.phase_seconds["trial"] - waited)
     assert trial.user_attrs["gpu_seconds"] == pytest.approx(record.device_seconds)
     other_worker.close()
-    rdb.engine.dispose()
-    store.dispose_engines()

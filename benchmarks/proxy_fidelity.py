@@ -113,16 +113,22 @@ def train_one(job: tuple[str, dict[str, Any], dict[str, Any], int]) -> dict[str,
     try:
         result = run_proxy(cfg, TrainBudget(**budget), DataConfig(builtin_tokens=builtin_tokens))
     except MorsearchError as error:
-        return {"name": name, "flops": budget["value"], "seed": budget["seed"], "error": str(error)}
+        return {**run_key(name, budget), "error": str(error)}
     return {
-        "name": name,
-        "flops": budget["value"],
-        "seed": budget["seed"],
+        **run_key(name, budget),
         "val_nll": result.val_nll,
         "tokens": result.tokens_seen,
         "params": cfg.unique_parameters(),
         "seconds": time.perf_counter() - start,
     }
+
+
+RUN_KEY = ("name", "flops", "seed", "batch_size")
+
+
+def run_key(name: str, budget: dict[str, Any]) -> dict[str, Any]:
+    """What tells one run of the plan from another (``RUN_KEY``): config, budget, seed and step size."""
+    return dict(zip(RUN_KEY, (name, budget["value"], budget["seed"], budget["batch_size"]), strict=True))
 
 
 def rank_agreement(proxy: dict[str, float], reference: dict[str, float]) -> dict[str, float]:
@@ -198,14 +204,22 @@ def summarise(
 
 
 def finished_runs(path: Path, header: dict[str, Any]) -> list[dict[str, Any]]:
-    """The trained runs of an earlier result file, if it used the same data and training settings."""
+    """The trained runs of an earlier result file, if it used the same data and training settings.
+
+    Budget and step size are a run's own (``run_key``); a run from before step sizes
+    were recorded took its file's ``batch_size``.
+    """
     if not path.exists():
         return []
     earlier = json.loads(path.read_text())["raw"]
-    settings = {k: v for k, v in header["budget"].items() if k != "value"}
-    if {k: v for k, v in earlier["budget"].items() if k != "value"} != settings or earlier["data"] != header["data"]:
+    per_run = {"value", "batch_size"}
+    settings = {k: v for k, v in header["budget"].items() if k not in per_run}
+    if {k: v for k, v in earlier["budget"].items() if k not in per_run} != settings or earlier["data"] != header[
+        "data"
+    ]:
         raise SystemExit(f"{path}: its runs used other training or data settings; --resume needs the same ones")
-    return [run for run in earlier["runs"] if "val_nll" in run]
+    default_batch = earlier["budget"]["batch_size"]
+    return [{"batch_size": default_batch, **run} for run in earlier["runs"] if "val_nll" in run]
 
 
 def main() -> None:
@@ -228,11 +242,18 @@ def main() -> None:
     parser.add_argument(
         "--batch-size", type=int, default=None, help="sequences per step (default 32; --quick: 8), recorded"
     )
+    parser.add_argument(
+        "--reference-batch-size",
+        type=int,
+        default=None,
+        help="sequences per step of the reference runs (default: --batch-size), recorded",
+    )
     args = parser.parse_args()
     if args.seeds < 1:
         parser.error(f"--seeds {args.seeds}: give at least 1")
-    if args.batch_size is not None and args.batch_size < 1:
-        parser.error(f"--batch-size {args.batch_size}: give at least 1")
+    for flag, value in (("--batch-size", args.batch_size), ("--reference-batch-size", args.reference_batch_size)):
+        if value is not None and value < 1:
+            parser.error(f"{flag} {value}: give at least 1")
     if args.quick:
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
     import torch
@@ -250,8 +271,18 @@ def main() -> None:
     flops = sorted(set(budgets.values()))
     # enough generated text that even the reference run sees each token only a few times
     builtin_tokens = 200_000 if args.quick else 20_000_000
+    reference_batch = args.reference_batch_size or base["batch_size"]
+
+    def batch_at(value: float) -> int:
+        return reference_batch if value == budgets["reference"] else base["batch_size"]
+
     work = [
-        (name, model_fields(name, args.quick), {**base, "value": value, "seed": seed}, builtin_tokens)
+        (
+            name,
+            model_fields(name, args.quick),
+            {**base, "value": value, "seed": seed, "batch_size": batch_at(value)},
+            builtin_tokens,
+        )
         for value in reversed(flops)  # longest first: better packing
         for seed in range(args.seeds)
         for name in names
@@ -259,6 +290,7 @@ def main() -> None:
     header = {
         "proxy_flops": base["value"],
         "reference_flops": budgets["reference"],
+        "reference_batch_size": reference_batch,
         "budget": base,
         "data": {"source": "builtin", "builtin_tokens": builtin_tokens},
         "jobs": jobs,
@@ -269,11 +301,10 @@ def main() -> None:
     result_path = out or RESULTS / f"{result_name}.json"
     runs: list[dict[str, Any]] = []
     if args.resume:  # a run cut short by a time limit goes on where it stopped
-        planned = {(job[0], job[2]["value"], job[2]["seed"]) for job in work}
-        earlier = finished_runs(result_path, header)
-        runs = [r for r in earlier if (r["name"], r["flops"], r["seed"]) in planned]
-        done = {(r["name"], r["flops"], r["seed"]) for r in runs}
-        work = [job for job in work if (job[0], job[2]["value"], job[2]["seed"]) not in done]
+        planned = {tuple(run_key(job[0], job[2]).values()) for job in work}
+        runs = [r for r in finished_runs(result_path, header) if tuple(r[k] for k in RUN_KEY) in planned]
+        done = {tuple(r[k] for k in RUN_KEY) for r in runs}
+        work = [job for job in work if tuple(run_key(job[0], job[2]).values()) not in done]
     print(f"{len(work)} runs, {jobs} at a time, P = {base['value']:.3g} FLOPs, reference {args.factor:g} P")
     started = time.perf_counter()
     with cf.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:

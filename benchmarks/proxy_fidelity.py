@@ -26,16 +26,21 @@ since two equally good measurements of one ranking disagree that much.
 Trials are small, so several share the GPU at once (``--jobs``, separate processes). The
 result file is rewritten after every run, so a run cut short keeps what it trained, and
 ``--resume`` (same arguments) trains only what is missing: a ladder that takes longer
-than one device call runs in several, as long as each run fits one call. The next one to
-run, 1e14 against 1e15 (``--proxy-flops 1e14 --multipliers 1``, one seed: 14 x 1.1e15
-FLOPs), does not fit at batch 32: 14 jobs reached 17 TFLOP/s in all on an H200, so the 14
-reference runs side by side need about 15 minutes, and in one 600 s call only vanilla-L6
-finished (436 s); a run cut short is lost.
-``--batch-size`` raises the step (64 x 256 tokens is the paper space's 16k a step);
-small proxies keep a GPU busy only at larger batches (``proxy_throughput``: 22 % busy
-at batch 64 of 256 tokens, 88 % at 256), so ``--batch-size 128`` should fit the ladder in
-one or two calls. Not yet run; it changes the proxy (fewer, larger steps), so its taus
-are a ladder of their own, not comparable with the batch-32 one.
+than one device call runs in several, as long as each run fits one call (a run cut
+short is lost). ``--batch-size`` sets the step of every run, ``--reference-batch-size``
+that of the references alone; each run records its own, and ``--resume`` reuses a run
+only at the same budget, seed and step. At batch 32 the 14 references of 1e15 FLOPs
+need about 15 minutes side by side (17 TFLOP/s in all on an H200), so the 1e14 against
+1e15 rung (``benchmarks/results/proxy_fidelity_1e14.json``) reused the 1e14 proxies of
+the result above and trained the references at batch 128:
+
+    cp benchmarks/results/proxy_fidelity.json OUT.json
+    python -m benchmarks.proxy_fidelity --proxy-flops 1e14 --multipliers 1 --seeds 2 \
+        --reference-batch-size 128 --jobs 7 --resume --out OUT.json
+
+9 of the 14 references finished in a 430 s call (160-237 s each); tau 0.56 on them,
+while the two seeds at 1e14 agree at 1.0 on the same 9: the ranking moves with the
+budget (docs/DATA.md).
 """
 
 from __future__ import annotations

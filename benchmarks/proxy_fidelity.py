@@ -313,7 +313,9 @@ def main() -> None:
     print(f"{len(work)} runs, {jobs} at a time, P = {base['value']:.3g} FLOPs, reference {args.factor:g} P")
     started = time.perf_counter()
     with cf.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        for run in pool.map(train_one, work):
+        # as each run ends, not in submission order: a run that ends behind a longer one is kept
+        for future in cf.as_completed([pool.submit(train_one, job) for job in work]):
+            run = future.result()
             runs.append(run)
             shown = f"{run['val_nll']:.4f} nll, {run['tokens']:,} tokens" if "val_nll" in run else run["error"]
             print(f"  {run['name']:30s} {run['flops']:.3g} FLOPs seed {run['seed']}: {shown}")

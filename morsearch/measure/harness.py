@@ -7,6 +7,10 @@ Each generation prefills ``prompt_len`` random tokens for ``batch_size`` sequenc
 and decodes until each has ``new_tokens`` new tokens (a fixed random continuation,
 or greedy: ``target.decode_tokens``), with the decoder that serves MoR fastest on
 the device (``default_decoder``: CUDA graphs on the GPU, row gathering on the CPU).
+The prefill is timed up to the end of the prompt's forward, the decode from the
+first token on: the decoder's set-up between them (copying the prefill's K/V into
+its own buffers, work a serving engine that writes its cache in place does not do)
+counts in neither.
 The model's routers make the real per-token decisions, so a trained model's depth
 statistics and a random one's differ, and both are measured as they are.
 
@@ -166,11 +170,13 @@ def measure(
         with collector_paused():
             for _ in range(target.repeats):
                 clock.start()
-                generation = run.generate(prompt, N, forced, on_iteration=clock.mark)
-                times = clock.seconds()  # times[0]: end of the prefill (and the first token)
+                generation = run.generate(prompt, N, forced, on_iteration=clock.mark, on_prefill=clock.mark)
+                # times[0]: end of the prompt's forward; times[1]: the first token, after the
+                # decoder's set-up; then each decode iteration
+                times = clock.seconds()
                 prefill_s.append(times[0])
-                decode_s.append(times[-1] - times[0])
-                latencies += inter_token_latencies(times, generation.emissions)
+                decode_s.append(times[-1] - times[1])
+                latencies += inter_token_latencies(times[1:], generation.emissions)
 
     param_bytes = parameter_bytes(model)
     decoded = B * (N - 1)  # tokens produced after the prefill

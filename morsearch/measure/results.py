@@ -29,7 +29,8 @@ class Measurement:
         peak_growth_bytes: The growth part alone (``peak_memory_bytes - param_bytes``).
         kv_cache_bytes: Bytes the KV cache held on its device at the end of generation.
         param_bytes: Bytes of the distinct parameters (tied weights counted once).
-        prefill_tokens_per_s: Prompt tokens processed per second (median over repeats).
+        prefill_tokens_per_s: Prompt tokens processed per second (median over repeats):
+            the prompt's forward, without the decoder's set-up that follows it.
         decode_tokens_per_s: Tokens generated per second after the prefill, whole batch
             (median over repeats).
         latency_p50_ms: Median time between two tokens of one sequence, in ms.

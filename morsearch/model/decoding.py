@@ -57,6 +57,9 @@ class Generation:
         logits: (B, N, V) the logits each token was chosen from (``keep_logits=True``).
         emissions: Per iteration (0 = the prefill), the rows that emitted a token; a decoder
             calls ``on_iteration`` once after each iteration, so marks and entries align.
+            It calls ``on_prefill`` once before that, as soon as the prompt's forward is
+            queued: what comes between the two is the decoder's own set-up (taking over
+            the prefill's K/V), which ``measure()`` times as neither prefill nor decode.
         step_tokens: Decoded tokens that ran each recursion step (prompt excluded).
         cache_bytes: Bytes the KV cache held on its device at the end.
         block_calls: Shared-block calls made while decoding (each runs every block layer).
@@ -91,12 +94,15 @@ class ReferenceDecoder:
         forced: torch.Tensor | None = None,
         keep_logits: bool = False,
         on_iteration: Callable[[], None] | None = None,
+        on_prefill: Callable[[], None] | None = None,
     ) -> Generation:
         """Greedy (or forced) generation of ``new_tokens`` after ``prompt`` (B, P)."""
         B = prompt.shape[0]
         cache = self.model.new_cache(B)
         rows = torch.arange(B, device=prompt.device)
         out = self.model(prompt, cache=cache)
+        if on_prefill is not None:
+            on_prefill()
         tokens, kept = [], []
         steps = torch.zeros(self.model.schedule.num_block_steps, device=prompt.device)
         for t in range(new_tokens):
@@ -551,6 +557,7 @@ class RowDecoder:
         forced: torch.Tensor | None = None,
         keep_logits: bool = False,
         on_iteration: Callable[[], None] | None = None,
+        on_prefill: Callable[[], None] | None = None,
     ) -> Generation:
         """Greedy (or forced) generation of ``new_tokens`` after ``prompt`` (B, P).
 
@@ -561,6 +568,8 @@ class RowDecoder:
         B, self.prompt_len = prompt.shape
         prefill_cache = model.new_cache(B)
         first_logits = model(prompt, cache=prefill_cache).logits[:, -1]  # (B, V)
+        if on_prefill is not None:
+            on_prefill()
         self.cache = RowCache(self.cfg, prefill_cache, device)
         del prefill_cache
         h_like = model.embed.weight.new_zeros(B, 1, self.cfg.d_model)

@@ -387,12 +387,15 @@ class GraphedDecoder:
         forced: torch.Tensor | None = None,
         keep_logits: bool = False,
         on_iteration: Callable[[], None] | None = None,
+        on_prefill: Callable[[], None] | None = None,
     ) -> Generation:
         """Greedy (or forced) generation of ``new_tokens`` after ``prompt`` (B, P)."""
         model, nr = self.model, self.schedule.num_block_steps
         B, P = prompt.shape
         cache = model.new_cache(B)
         first_logits = model(prompt, cache=cache).logits[:, -1]  # (B, V)
+        if on_prefill is not None:
+            on_prefill()
         w = self._workload(cache, new_tokens, keep_logits, forced is not None)
         del cache
         if w.forced is not None and forced is not None:

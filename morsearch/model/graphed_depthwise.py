@@ -325,12 +325,15 @@ class GraphedDepthwiseDecoder:
         forced: torch.Tensor | None = None,
         keep_logits: bool = False,
         on_iteration: Callable[[], None] | None = None,
+        on_prefill: Callable[[], None] | None = None,
     ) -> Generation:
         """Greedy (or forced) generation of ``new_tokens`` after ``prompt`` (B, P)."""
         model, N = self.model, new_tokens
         B, P = prompt.shape
         cache = model.new_cache(B)
         logits = model(prompt, cache=cache).logits[:, -1]  # (B, V)
+        if on_prefill is not None:
+            on_prefill()
         w = self._workload(cache, N, keep_logits, forced is not None)
         del cache
         w.first_logits.copy_(logits)

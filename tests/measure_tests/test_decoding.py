@@ -195,3 +195,14 @@ def test_compiled_graphed_replays_equal_the_reference_on_the_gpu(tiny_model_conf
         fast = decoder.generate(prompt, N, forced=forced, keep_logits=True)
         assert fast.logits is not None and reference.logits is not None
         torch.testing.assert_close(fast.logits, reference.logits, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("decoder", FAST + ["reference"])
+def test_the_prefill_is_marked_once_before_every_iteration(tiny_model_config: ModelConfig, decoder: str) -> None:
+    model = _model(tiny_model_config, router="expert_choice")
+    prompt = torch.randint(0, model.cfg.vocab_size, (B, P), generator=torch.Generator().manual_seed(1))
+    calls: list[str] = []
+    generation = DECODERS[decoder](model).generate(
+        prompt, N, on_iteration=lambda: calls.append("iteration"), on_prefill=lambda: calls.append("prefill")
+    )
+    assert calls == ["prefill"] + ["iteration"] * len(generation.emissions)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import statistics
+import time
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ import torch
 from morsearch.config import DeploymentTarget, ModelConfig
 from morsearch.errors import ConfigError
 from morsearch.measure import Measurement, measure
-from morsearch.model import build_model
+from morsearch.model import build_model, decoding
 from morsearch.model.decoders import DECODERS
 
 TARGET = DeploymentTarget(device="cpu", dtype="float32", batch_size=3, prompt_len=6, new_tokens=8, repeats=3)
@@ -60,6 +61,18 @@ def test_only_the_timed_repeats_run_without_the_garbage_collector(mor_config: Mo
     # two warm-ups and the monitored generation collect as usual; the three timed repeats do not
     assert collecting == [True, True, True, False, False, False]
     assert gc.isenabled()
+
+
+def test_the_decoders_set_up_is_timed_as_neither_prefill_nor_decode(mor_config: ModelConfig, monkeypatch) -> None:
+    adopt = decoding.RowCache.__init__
+
+    def slow_set_up(self, *args: object) -> None:  # taking over the prefill's K/V, made slow
+        time.sleep(0.5)
+        adopt(self, *args)
+
+    monkeypatch.setattr(decoding.RowCache, "__init__", slow_set_up)
+    m = measure(mor_config, TARGET)  # prefill and decode take a few ms each here
+    assert max(m.prefill_seconds) < 0.25 and max(m.decode_seconds) < 0.25
 
 
 def test_measure_a_trained_module_leaves_it_untouched(mor_config: ModelConfig) -> None:

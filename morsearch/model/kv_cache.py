@@ -10,6 +10,11 @@ written, in position order; rows may hold different numbers of tokens, so each
 entry carries its token position and a validity bit, and attention masks by
 position (key position <= query position). Storage grows in chunks of
 ``chunk_tokens`` so ``allocated_bytes`` is what the device really holds.
+
+Sizing storage and scattering a masked write need the rows' lengths on the host, a
+device sync each. While every write took all of its tokens (the pre- and post-block
+layers, unrouted steps, a vanilla model), every row holds as many entries and the
+host knows how many (``uniform_length``): those writes are slices, with no sync.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ class CacheSlot:
         self.values: torch.Tensor | None = None
         self.positions: torch.Tensor | None = None  # (B, S) token position of each entry
         self.lengths: torch.Tensor | None = None  # (B,) entries written per row
+        self.uniform_length: int | None = 0  # every row's length while all are equal and known, else None
 
     def _reserve(self, needed: int, like: torch.Tensor) -> None:
         capacity = 0 if self.keys is None else self.keys.shape[2]
@@ -55,6 +61,18 @@ class CacheSlot:
     ) -> None:
         """Write the valid entries of k, v (B, G, T, E) after each row's existing ones."""
         B, _, T, _ = k.shape
+        if valid is None and self.uniform_length is not None:
+            start = self.uniform_length
+            self._reserve(start + T, k)
+            assert self.keys is not None and self.values is not None
+            assert self.positions is not None and self.lengths is not None
+            self.keys[:, :, start : start + T] = k
+            self.values[:, :, start : start + T] = v
+            self.positions[:, start : start + T] = positions
+            self.lengths = self.lengths + T
+            self.uniform_length = start + T
+            return
+        self.uniform_length = None
         if valid is None:
             valid = torch.ones(B, T, dtype=torch.bool, device=k.device)
         lengths = self.lengths if self.lengths is not None else torch.zeros(B, dtype=torch.long, device=k.device)
@@ -72,7 +90,7 @@ class CacheSlot:
         """keys, values (B, G, S, E), positions (B, S), valid (B, S) over the used length."""
         assert self.keys is not None and self.values is not None
         assert self.positions is not None and self.lengths is not None
-        used = int(self.lengths.max())
+        used = self.uniform_length if self.uniform_length is not None else int(self.lengths.max())
         valid = torch.arange(used, device=self.lengths.device) < self.lengths.unsqueeze(1)
         return self.keys[:, :, :used], self.values[:, :, :used], self.positions[:, :used], valid
 

@@ -68,3 +68,30 @@ def test_chunked_cache_grows_in_chunks():
         cache, _ = _decode(model, torch.randint(0, cfg.vocab_size, (2, TOTAL)), chunk_tokens=8)
     per_slot = sizing.kv_bytes_per_token_per_slot(cfg, dtype_bytes=4)
     assert cache.allocated_bytes() == len(cache.slots) * 2 * 16 * per_slot  # 2 rows x 16 tokens, 2 chunks
+
+
+def test_writes_of_every_token_never_read_lengths_back(monkeypatch):
+    """An unrouted model's cached decode is all slices: no device-to-host sync sizes or scatters it."""
+    cfg = tiny("cycle", "none", "recursion_wise", 2)
+    model = build_model(cfg).eval()
+    idx = torch.randint(0, cfg.vocab_size, (2, TOTAL))
+
+    def sync(*args, **kwargs):
+        raise AssertionError("the cache read a tensor back to the host")
+
+    with monkeypatch.context() as patched:
+        for name in ("__int__", "item", "tolist", "nonzero"):
+            patched.setattr(torch.Tensor, name, sync)
+        with torch.no_grad():
+            cache, _ = _decode(model, idx)
+    for slot in cache.slots.values():
+        assert slot.uniform_length == TOTAL
+        assert slot.lengths.tolist() == [TOTAL, TOTAL]
+    # a write that skips a token leaves the slices behind: lengths now differ by row
+    slot = next(iter(cache.slots.values()))
+    k = torch.zeros(2, cfg.kv_heads, 1, cfg.head_dim)
+    slot.append(k, k, torch.full((2, 1), TOTAL), torch.tensor([[True], [False]]))
+    assert slot.uniform_length is None and slot.lengths.tolist() == [TOTAL + 1, TOTAL]
+    keys, _, positions, valid = slot.view()
+    assert keys.shape[2] == TOTAL + 1 and valid.sum(dim=1).tolist() == [TOTAL + 1, TOTAL]
+    assert positions[0, TOTAL] == TOTAL

@@ -219,9 +219,8 @@ def finished_runs(path: Path, header: dict[str, Any]) -> list[dict[str, Any]]:
     earlier = json.loads(path.read_text())["raw"]
     per_run = {"value", "batch_size"}
     settings = {k: v for k, v in header["budget"].items() if k not in per_run}
-    if {k: v for k, v in earlier["budget"].items() if k not in per_run} != settings or earlier["data"] != header[
-        "data"
-    ]:
+    same_settings = {k: v for k, v in earlier["budget"].items() if k not in per_run} == settings
+    if not same_settings or earlier["data"] != header["data"]:
         raise SystemExit(f"{path}: its runs used other training or data settings; --resume needs the same ones")
     default_batch = earlier["budget"]["batch_size"]
     return [{"batch_size": default_batch, **run} for run in earlier["runs"] if "val_nll" in run]

@@ -136,6 +136,10 @@ def run_key(name: str, budget: dict[str, Any]) -> dict[str, Any]:
     return dict(zip(RUN_KEY, (name, budget["value"], budget["seed"], budget["batch_size"]), strict=True))
 
 
+def key_of(run: dict[str, Any]) -> tuple[Any, ...]:
+    return tuple(run[k] for k in RUN_KEY)
+
+
 def rank_agreement(proxy: dict[str, float], reference: dict[str, float]) -> dict[str, float]:
     names = sorted(set(proxy) & set(reference))
     a, b = [proxy[n] for n in names], [reference[n] for n in names]
@@ -305,10 +309,10 @@ def main() -> None:
     result_path = out or RESULTS / f"{result_name}.json"
     runs: list[dict[str, Any]] = []
     if args.resume:  # a run cut short by a time limit goes on where it stopped
-        planned = {tuple(run_key(job[0], job[2]).values()) for job in work}
-        runs = [r for r in finished_runs(result_path, header) if tuple(r[k] for k in RUN_KEY) in planned]
-        done = {tuple(r[k] for k in RUN_KEY) for r in runs}
-        work = [job for job in work if tuple(run_key(job[0], job[2]).values()) not in done]
+        planned = {key_of(run_key(job[0], job[2])) for job in work}
+        runs = [r for r in finished_runs(result_path, header) if key_of(r) in planned]
+        done = {key_of(r) for r in runs}
+        work = [job for job in work if key_of(run_key(job[0], job[2])) not in done]
     print(f"{len(work)} runs, {jobs} at a time, P = {base['value']:.3g} FLOPs, reference {args.factor:g} P")
     started = time.perf_counter()
     with cf.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:

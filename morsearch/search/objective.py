@@ -257,6 +257,7 @@ class SearchObjective:
         waited: float,
     ) -> Outcome:
         seconds = time.perf_counter() - clock
+        held = seconds - waited
         record: dict[str, Any] = dict(
             base,
             val_nll=result.val_nll,
@@ -264,10 +265,10 @@ class SearchObjective:
             stopped_early=result.stopped_early,
             routing=list(result.routing),
             phase_seconds={**result.phase_seconds, "trial": seconds, "device_wait": waited},
-            device_seconds=seconds - waited,
+            device_seconds=held,
             curve=tuple(result.curve),
         )
-        attrs = {"gpu_seconds": seconds - waited}
+        attrs = {"gpu_seconds": held}
         if measurement is None:  # stopped early: quality alone decided, nothing measured
             return Outcome(TrialState.PRUNED, record=store.TrialRecord(**record, state="pruned"), attrs=attrs)
         metrics = metric_values(spec, result, measurement)

@@ -16,8 +16,8 @@ Three parts, one run:
               the median of three after a first that compiles any bytecode the install left
               uncompiled; both recorded), build, compile, setup, train, validate.
               Target: everything but train <= 10 % of the trial. The committed result (H100,
-              2026-11-23) timed the imports once, the first import after the --no-compile
-              install (11.7 s).
+              2026-11-23) timed the imports once (11.7 s); on an H200 host the later imports
+              took as long (notes/proxy_throughput.md: the import itself, not bytecode).
 3. busy       share of wall time the GPU spends in kernels (torch.profiler) for the quickstart
               model at growing micro-batches, and aggregate tokens/s of several trials sharing
               one GPU (separate processes), to show how to fill a large GPU with small proxies.
@@ -273,10 +273,17 @@ def main() -> None:
     torch.backends.cuda.matmul.allow_tf32 = True
     cfg, budget = quickstart(args.quick)
     raw: dict[str, Any] = {"quickstart_training_flops_per_token": sizing.training_flops_per_token(cfg, budget.seq_len)}
-    targets = []
+    targets: list[dict[str, Any]] = []
+
+    def save() -> None:
+        """After every part, so a run cut short by a time limit keeps the parts it measured."""
+        if not args.quick:
+            print("wrote", write_result("proxy_throughput", raw, targets))
+
     if "overhead" not in args.skip:
         raw["overhead"] = overhead(args.quick, device)
         targets.append(target("lightning_vs_anchor_tokens_per_s", raw["overhead"]["lightning_vs_anchor"], 0.9))
+        save()
     if "phases" not in args.skip:
         raw["phases"] = phases(*quickstart(args.quick), device)
         first, following = raw["phases"]["trials"]
@@ -286,14 +293,14 @@ def main() -> None:
         targets.append(
             target("not_training_fraction_next_trial", following["not_training_fraction"], 0.10, higher_is_better=False)
         )
+        save()
     if "busy" not in args.skip:
         raw["busy"] = busy(args.quick, device)
+        save()
     for t in targets:
         print(f"{t['name']:40s} {t['value']:.3f} (target {t['target']}, {'met' if t['met'] else 'NOT met'})")
     if args.quick:
         print("quick run: result not written")
-        return
-    print("wrote", write_result("proxy_throughput", raw, targets))
 
 
 if __name__ == "__main__":

@@ -105,6 +105,7 @@ def status(
     storage: StorageOpt = None,
 ) -> None:
     """Per study: trials by state, the Pareto front and the best value of each objective."""
+    from morsearch.config.space import format_metric
     from morsearch.search.launch import status_of
 
     console = Console()
@@ -112,7 +113,7 @@ def status(
         console.print(f"[bold]{report.study_name}[/] ({report.storage}): {report.line}")
         table = Table("objective", "direction", "best", "trial", title=f"front of {report.front_size} trials")
         for name, direction, value, number in report.best:
-            table.add_row(name, direction, f"{value:.6g}", str(number))
+            table.add_row(name, direction, format_metric(name, value), str(number))
         console.print(table)
 
 

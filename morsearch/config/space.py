@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import math
 import re
 from dataclasses import dataclass
 from decimal import Decimal
@@ -151,6 +152,32 @@ def parse_quantity(text: str | float, unit: UnitKind) -> float:
         allowed = ", ".join(repr(s) for s in _UNITS_SHOWN[unit])
         raise ValueError(f"unknown unit '{suffix}' for a {unit} quantity; allowed: {allowed}")
     return float(Decimal(match.group(1)) * Decimal(repr(scales[key])))  # 0.12 x 1e9 stays whole
+
+
+_BINARY_BYTES = [("TiB", 2.0**40), ("GiB", 2.0**30), ("MiB", 2.0**20), ("KiB", 2.0**10)]
+_COUNTS = [("T", 1e12), ("B", 1e9), ("M", 1e6), ("k", 1e3)]
+
+
+def format_metric(name: str, value: float) -> str:
+    """A metric's value for people: peak_memory ``1101004.8`` -> ``"1.05 MiB"``, params ``2.41e6`` -> ``"2.41M"``.
+
+    Bytes and counts are written so that ``parse_quantity`` reads them back (to 3
+    digits); a name outside ``METRICS`` keeps 6 digits and no unit.
+    """
+    if name not in METRICS:
+        return f"{value:.6g}"
+    unit = METRICS[name].unit
+    if unit in ("bytes", "count"):
+        scales = _BINARY_BYTES if unit == "bytes" else _COUNTS
+        name, scale = next(((n, f) for n, f in scales if abs(value) >= f), ("B" if unit == "bytes" else "", 1.0))
+        scaled = value / scale
+        decimals = max(0, 2 - math.floor(math.log10(abs(scaled)))) if scaled and scale > 1 else 0
+        return f"{scaled:.{decimals}f}" + (f" {name}" if unit == "bytes" else name)
+    if unit == "nll":
+        return f"{value:.4f} nats/token"
+    if unit == "tokens/s":
+        return f"{value:,.0f} tokens/s" if abs(value) >= 100 else f"{value:.3g} tokens/s"
+    return f"{value:.3g} {unit}"
 
 
 def _nearest(name: str, candidates: list[str]) -> str | None:

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from morsearch.config import ModelConfig
+from morsearch.config.space import format_metric
 from morsearch.errors import ConfigError, MorsearchError, StorageError
 from morsearch.search.results import StudyView, TrialRecord, open_study
 from morsearch.store import redact
@@ -74,7 +75,10 @@ def render_export(view: StudyView, record: TrialRecord) -> str:
     header = (
         f"# morsearch export: study {view.name!r}, trial {record.number}\n"
         f"# train it with: morsearch train <this file>\n"
-        + "".join(f"#   {name} = {spec['value']:.6g} ({spec['direction']})\n" for name, spec in objectives.items())
+        + "".join(
+            f"#   {name} = {format_metric(name, spec['value'])} ({spec['direction']})\n"
+            for name, spec in objectives.items()
+        )
     )
     # exclude_unset keeps the file to what the search chose; defaults stay defaults.
     body: dict[str, Any] = {"model": config.model_dump(mode="json", exclude_unset=True)}

@@ -15,6 +15,7 @@ from morsearch.config.space import (
     MetricName,
     SamplerName,
     SearchSpace,
+    format_metric,
     parse_quantity,
     searchable_fields,
 )
@@ -145,6 +146,25 @@ def test_constraint_errors_name_the_fix():
     with pytest.raises(ValueError, match="allowed: 'B', 'KB'"):
         Constraint.model_validate("peak_memory <= 2 parsecs")
     assert parse_quantity("1e3", "count") == 1000
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "shown"),
+    [
+        ("peak_memory", 1_050_750, "1.00 MiB"),
+        ("peak_memory", 3.2e9, "2.98 GiB"),
+        ("kv_cache_bytes", 512, "512 B"),
+        ("params_unique", 2_410_944, "2.41M"),
+        ("val_nll", 1.76143, "1.7614 nats/token"),
+        ("decode_tokens_per_s", 1255.4, "1,255 tokens/s"),
+        ("latency_p90_ms", 12.345, "12.3 ms"),
+        ("not_a_metric", 1.23456789, "1.23457"),
+    ],
+)
+def test_metric_values_are_shown_in_their_units(name: str, value: float, shown: str) -> None:
+    assert format_metric(name, value) == shown
+    if METRICS.get(name) and METRICS[name].unit in ("bytes", "count"):  # what is shown reads back as a bound
+        assert parse_quantity(shown, METRICS[name].unit) == pytest.approx(value, rel=5e-3)
 
 
 def test_registries_match_their_literals():

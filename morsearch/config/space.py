@@ -169,10 +169,10 @@ def format_metric(name: str, value: float) -> str:
     unit = METRICS[name].unit
     if unit in ("bytes", "count"):
         scales = _BINARY_BYTES if unit == "bytes" else _COUNTS
-        name, scale = next(((n, f) for n, f in scales if abs(value) >= f), ("B" if unit == "bytes" else "", 1.0))
+        suffix, scale = next(((s, f) for s, f in scales if abs(value) >= f), ("B" if unit == "bytes" else "", 1.0))
         scaled = value / scale
-        decimals = max(0, 2 - math.floor(math.log10(abs(scaled)))) if scaled and scale > 1 else 0
-        return f"{scaled:.{decimals}f}" + (f" {name}" if unit == "bytes" else name)
+        decimals = max(0, 2 - math.floor(math.log10(abs(scaled)))) if scale > 1 else 0  # 3 digits
+        return f"{scaled:.{decimals}f}" + (f" {suffix}" if unit == "bytes" else suffix)
     if unit == "nll":
         return f"{value:.4f} nats/token"
     if unit == "tokens/s":

@@ -242,8 +242,6 @@ def finished_runs(path: Path, header: dict[str, Any]) -> list[dict[str, Any]]:
     Budget and step size are a run's own (``run_key``); a run from before step sizes
     were recorded took its file's ``batch_size``.
     """
-    if not path.exists():
-        return []
     earlier = json.loads(path.read_text())["raw"]
     per_run = {"value", "batch_size"}
     settings = {k: v for k, v in header["budget"].items() if k not in per_run}
@@ -333,6 +331,8 @@ def main() -> None:
     result_path = out or RESULTS / f"{result_name}.json"
     runs: list[dict[str, Any]] = []
     if args.resume:  # a run cut short by a time limit goes on where it stopped
+        if not result_path.exists():  # a mistyped path would silently train the whole plan again
+            parser.error(f"--resume: {result_path} does not exist; copy the earlier result there or drop --resume")
         planned = {key_of(run_key(job[0], job[2])) for job in work}
         runs = [r for r in finished_runs(result_path, header) if key_of(r) in planned]
         done = {key_of(r) for r in runs}

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import platform
+import signal
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +20,7 @@ def device_name() -> str:
 
     if torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
-    return f"cpu: {platform.processor() or platform.machine()} x{__import__('os').cpu_count()}"
+    return f"cpu: {platform.processor() or platform.machine()} x{os.cpu_count()}"
 
 
 def versions() -> dict[str, str]:
@@ -55,3 +58,20 @@ def write_result(name: str, raw: dict[str, Any], targets: list[dict[str, Any]], 
     }
     path.write_text(json.dumps(record, indent=2) + "\n")
     return path
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Process-pool initializer: the worker ends when the benchmark's process does, even by SIGKILL.
+
+    Without it, the workers of a benchmark cut short by ``timeout`` train on, holding the
+    GPU and the output pipe (a device call then runs to its limit). Linux only; elsewhere
+    the workers outlive a killed benchmark as before.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1  # from <sys/prctl.h>
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() != parent_pid:  # the benchmark died before the line above took effect
+        os._exit(1)

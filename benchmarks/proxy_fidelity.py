@@ -59,7 +59,7 @@ from typing import Any
 
 from scipy import stats
 
-from benchmarks.common import RESULTS, target, write_result
+from benchmarks.common import RESULTS, die_with_parent, target, write_result
 
 SHAPE = dict(vocab_size=256, d_model=192, num_heads=6, num_kv_heads=2, ffn_dim=512, max_seq_len=256)
 QUICK_SHAPE = dict(vocab_size=128, d_model=32, num_heads=4, num_kv_heads=2, ffn_dim=64, max_seq_len=64)
@@ -339,7 +339,8 @@ def main() -> None:
         work = [job for job in work if key_of(run_key(job[0], job[2])) not in done]
     print(f"{len(work)} runs, {jobs} at a time, P = {base['value']:.3g} FLOPs, reference {args.factor:g} P")
     started = time.perf_counter()
-    with cf.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+    spawn = multiprocessing.get_context("spawn")
+    with cf.ProcessPoolExecutor(jobs, mp_context=spawn, initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
         # as each run ends, not in submission order: a run that ends behind a longer one is kept
         for future in cf.as_completed([pool.submit(train_one, job) for job in work]):
             run = future.result()

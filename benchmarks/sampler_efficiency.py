@@ -65,7 +65,7 @@ import optuna
 import torch
 import yaml
 
-from benchmarks.common import RESULTS, target, write_result
+from benchmarks.common import RESULTS, die_with_parent, target, write_result
 from morsearch import store
 from morsearch.config.space import SearchSpace
 from morsearch.errors import MorsearchError
@@ -301,7 +301,14 @@ def main() -> None:
             results = []
             parallel = args.jobs > 1
             spawn = multiprocessing.get_context("spawn")
-            with cf.ProcessPoolExecutor(args.jobs, mp_context=spawn) if parallel else contextlib.nullcontext() as pool:
+            pool_of_jobs = (
+                cf.ProcessPoolExecutor(
+                    args.jobs, mp_context=spawn, initializer=die_with_parent, initargs=(os.getpid(),)
+                )
+                if parallel
+                else contextlib.nullcontext()
+            )
+            with pool_of_jobs as pool:
                 if pool:  # taken as they finish, not in order, so each is written as soon as it is done
                     futures = [pool.submit(run_search_job, job) for job in jobs]
                     done = (future.result() for future in cf.as_completed(futures))

@@ -56,7 +56,11 @@ def write_result(name: str, raw: dict[str, Any], targets: list[dict[str, Any]], 
         "raw": raw,
         "targets": targets,
     }
-    path.write_text(json.dumps(record, indent=2) + "\n")
+    # whole or not at all: benchmarks rewrite their file as they go and may be killed mid-way,
+    # and a torn file would lose every run that --resume could have kept
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(json.dumps(record, indent=2) + "\n")
+    os.replace(partial, path)
     return path
 
 

@@ -98,10 +98,18 @@ def main() -> None:
         for phase in PHASES:
             rates = [run[f"{phase}_tokens_per_s"] for run in runs]
             summary[phase] = {"spread": spread(rates), "spread_without_first": spread(rates[1:])}
-            print(f"{name:7s} {phase:7s} spread {summary[phase]['spread']:.3f}, "
-                  f"without the first {summary[phase]['spread_without_first']:.3f}")  # fmt: skip
-            targets.append(target(f"{name}: {phase} spread of {len(rates)} measurements", summary[phase]["spread"],
-                                  0.03, higher_is_better=False))  # fmt: skip
+            print(
+                f"{name:7s} {phase:7s} spread {summary[phase]['spread']:.3f}, "
+                f"without the first {summary[phase]['spread_without_first']:.3f}"
+            )
+            targets.append(
+                target(
+                    f"{name}: {phase} spread of {len(rates)} measurements",
+                    summary[phase]["spread"],
+                    0.03,
+                    higher_is_better=False,
+                )
+            )
         raw["models"][name] = {"config": model.model_dump(mode="json"), "measurements": runs, "summary": summary}
 
     if args.quick and not args.out:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -12,6 +12,7 @@ from rich.table import Table
 
 from morsearch.cli import app
 from morsearch.config import DeploymentTarget, ModelConfig, load_config, read_yaml
+from morsearch.errors import ConfigError
 
 
 def _load_target(config: Path, target: Path | None) -> DeploymentTarget:
@@ -22,6 +23,20 @@ def _load_target(config: Path, target: Path | None) -> DeploymentTarget:
     if isinstance(data, dict) and "target" in data:
         return load_config(config, DeploymentTarget, section="target")
     return DeploymentTarget()
+
+
+def _trained_for(cfg: ModelConfig, config: Path, weights: Path) -> Any:
+    """The trained model in ``weights``, which must be of CONFIG's model (a ConfigError names the fields)."""
+    from morsearch.model import load_trained  # torch: keep `morsearch --help` instant
+
+    model = load_trained(weights)
+    if model.cfg != cfg:
+        ours, theirs = cfg.model_dump(), model.cfg.model_dump()
+        fields = ", ".join(f"{k}={theirs[k]!r} (CONFIG: {ours[k]!r})" for k in ours if ours[k] != theirs[k])
+        raise ConfigError(
+            f"{weights} holds a model other than {config}'s: {fields}; give the config it was trained from"
+        )
+    return model
 
 
 def _shown(key: str, value: object) -> str:
@@ -49,16 +64,24 @@ def measure(
             "or reference (default: graphed on CUDA, lockstep on CPU)."
         ),
     ] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the random weights and prompt.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the random weights (without --weights) and of the prompt.")] = 0,
+    weights: Annotated[
+        Path | None,
+        typer.Option(
+            help="Trained weights to measure (the model.pt of `morsearch train CONFIG`): the trained routers "
+            "decide each token's depth. Default: random weights."
+        ),
+    ] = None,
 ) -> None:
-    """Measure a model's memory and throughput on a deployment target (random weights)."""
+    """Measure a model's memory and throughput on a deployment target (random or trained weights)."""
     from morsearch.measure import measure as run_measure  # torch: keep `morsearch --help` instant
     from morsearch.search.device_share import measuring_alone
 
     cfg = load_config(config, ModelConfig, section="model")
+    model = cfg if weights is None else _trained_for(cfg, config, weights)
     deployment = _load_target(config, target)
     with measuring_alone(deployment):  # a search's workers training on this device wait meanwhile
-        result = run_measure(cfg, deployment, decoder=decoder, seed=seed)
+        result = run_measure(model, deployment, decoder=decoder, seed=seed)
     if json_output:
         typer.echo(json.dumps({"target": deployment.model_dump(mode="json"), **result.to_dict()}))
         return

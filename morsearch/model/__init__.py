@@ -1,7 +1,7 @@
 """The MoR transformer: layers, sharing strategies, routers, KV caches and sizing."""
 
 from morsearch.model import sizing
-from morsearch.model.build import build_model
+from morsearch.model.build import build_model, load_trained, save_trained
 from morsearch.model.kv_cache import KV_STRATEGIES, KVCache
 from morsearch.model.mor import ModelOutput, MoRModel
 from morsearch.model.routers import ROUTERS, Router
@@ -18,5 +18,7 @@ __all__ = [
     "SHARING_STRATEGIES",
     "build_model",
     "layer_schedule",
+    "load_trained",
+    "save_trained",
     "sizing",
 ]

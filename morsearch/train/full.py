@@ -7,7 +7,8 @@ Where a proxy is bare and silent, a full run is what a user watches and keeps:
                                 steps and on Ctrl-C; the next call with the same OUT resumes
                                 from it
     OUT/model.pt                the trained weights and their ModelConfig, a plain dict of
-                                tensors and numbers: ``torch.load(path, weights_only=True)``
+                                tensors and numbers (``morsearch.model.load_trained``, or
+                                ``torch.load(path, weights_only=True)``)
     OUT/metrics.json            final validation metrics, the whole run's curve, throughput
 
 Checkpoints are only written between optimizer steps, after that step's validation,
@@ -34,7 +35,7 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from morsearch.config import DataConfig, ModelConfig, TrainBudget
-from morsearch.model import sizing
+from morsearch.model import save_trained, sizing
 from morsearch.train.proxy import EvalRecorder, eval_interval, make_trainer, prepare, resolve_device
 
 LAST = "last"
@@ -292,14 +293,7 @@ def train_full(
     trainer.save_checkpoint(last)
 
     model_path = out / "model.pt"
-    torch.save(
-        {
-            "model_config": model_config.model_dump(mode="json"),
-            "state_dict": {name: tensor.cpu() for name, tensor in module.model.state_dict().items()},
-            "step": trainer.global_step,
-        },
-        model_path,
-    )
+    save_trained(module.model, model_path, step=trainer.global_step)
     metrics = module.val_metrics
     tokens = trainer.global_step * budget.tokens_per_step
     train_seconds = max(recorder.train_end - recorder.train_start - recorder.val_seconds, 1e-9)

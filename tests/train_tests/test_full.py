@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from morsearch.cli import app, main
 from morsearch.config import ModelConfig, TrainBudget
-from morsearch.model import build_model
+from morsearch.model import build_model, load_trained
 from morsearch.train.full import FullResult, eta_seconds, train_full
 
 from .helpers import DATA, steps_budget, tiny_mor
@@ -100,6 +100,10 @@ def test_outputs_load_with_weights_only(tmp_path: Path) -> None:
     saved = torch.load(result.model_path, weights_only=True)
     model = build_model(ModelConfig(**saved["model_config"]))
     model.load_state_dict(saved["state_dict"])
+    loaded = load_trained(Path(result.model_path))  # what `morsearch measure --weights` reads
+    assert saved["step"] == 10 and loaded.cfg == model.cfg and not loaded.training
+    pairs = zip(loaded.state_dict().items(), model.state_dict().items(), strict=True)
+    assert all(k == j and torch.equal(a, b) for (k, a), (j, b) in pairs)
     checkpoint = torch.load(result.checkpoint_path, weights_only=True)
     assert checkpoint["global_step"] == 10
     metrics = json.loads((tmp_path / "metrics.json").read_text())

@@ -12,12 +12,11 @@ Three parts, one run:
                          builtin corpus, MoRLightningModule, Trainer (bf16, clipping, schedule)
               Target: lightning >= 0.9 x anchor (framework overhead <= 10 %).
 2. phases     one whole proxy trial at the GPU quickstart budget, wall time split into
-              imports (a fresh interpreter importing morsearch.train, on an installed machine:
-              the median of three after a first that compiles any bytecode the install left
-              uncompiled; both recorded), build, compile, setup, train, validate.
+              imports (the median of three fresh interpreters importing morsearch.train, all
+              three recorded), build, compile, setup, train, validate.
               Target: everything but train <= 10 % of the trial. The committed result (H100,
-              2026-11-23) timed the imports once (11.7 s); on an H200 host the later imports
-              took as long (notes/proxy_throughput.md: the import itself, not bytecode).
+              2026-11-23) timed the imports once (11.7 s); on an H200 host every import took
+              as long (notes/proxy_throughput.md: the import itself, not bytecode).
 3. busy       share of wall time the GPU spends in kernels (torch.profiler) for the quickstart
               model at growing micro-batches, and aggregate tokens/s of several trials sharing
               one GPU (separate processes), to show how to fill a large GPU with small proxies.
@@ -174,28 +173,21 @@ def overhead(quick: bool, device: torch.device) -> dict[str, Any]:
     }
 
 
-def import_seconds() -> dict[str, float]:
-    """Wall time of fresh interpreters importing the training stack (a worker pays it once).
-
-    ``after_install``: the first import, which compiles the bytecode an install left
-    uncompiled (``pip install --no-compile``, as the benchmark's GPU host installs its
-    wheels; a plain ``pip install`` compiles at install time). ``worker``: the median
-    of three more, what a worker started on an installed machine pays.
-    """
+def import_seconds() -> list[float]:
+    """Wall times of three fresh interpreters importing the training stack (a worker pays it once)."""
 
     def once() -> float:
         start = time.perf_counter()
         subprocess.run([sys.executable, "-c", "import morsearch.train"], check=True)
         return time.perf_counter() - start
 
-    after_install = once()
-    return {"after_install": after_install, "worker": statistics.median(once() for _ in range(3))}
+    return [once() for _ in range(3)]
 
 
 def phases(cfg: ModelConfig, budget: TrainBudget, device: torch.device) -> dict[str, Any]:
     """A worker's first trial (fresh process: imports, corpus, CUDA context) and its next one."""
     import_times = import_seconds()
-    imports = import_times["worker"]
+    imports = statistics.median(import_times)
     trials = []
     for label in ("first", "next"):
         start = time.perf_counter()

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from morsearch.config.space import format_metric
 from morsearch.dashboard.info import (
     TOTAL_PHASES,
     FrontDetails,
@@ -79,7 +80,8 @@ def hover_texts(info: ParetoInfo) -> dict[int, str]:
     for k, number in enumerate(info.numbers):
         baseline = info.baselines[k]
         lines = [f"<b>trial {number}</b>" + (f" ({esc(baseline)})" if baseline else "")]
-        lines += [f"{n}: {v:.6g}" for n, v in zip(names, info.values[k], strict=True)]
+        values = zip(names, info.objective_names, info.values[k], strict=True)
+        lines += [f"{n}: {format_metric(metric, v)}" for n, metric, v in values]  # digits and units: no HTML
         params = list(info.params[k].items())
         lines += [f"{esc(p)} = {esc(v)}" for p, v in params[:MAX_HOVER_PARAMS]]
         if len(params) > MAX_HOVER_PARAMS:

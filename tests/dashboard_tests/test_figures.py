@@ -35,6 +35,13 @@ def test_pair_figure_groups_and_click_data():
     assert list(by_name["front of this pair"].x) == [2.0, 2.5]
 
 
+def test_hover_shows_each_objective_in_its_unit():
+    names = ("val_nll", "peak_memory", "decode_tokens_per_s")
+    pinfo = info.pareto_info([record(0, (1.76143, 1_050_750, 1255.4), {})], names, DIRS)
+    assert "peak_memory: 1.00 MiB" in figures.hover_texts(pinfo)[0]
+    assert "decode_tokens_per_s: 1,255 tokens/s" in figures.hover_texts(pinfo)[0]
+
+
 def test_pair_front_differs_from_full_front():
     _, pinfo = _pareto()
     rows = pinfo.pair_front(1, 2)  # memory vs speed: trial 2 (50, 12) dominates 0, 1 and 3

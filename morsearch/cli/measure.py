@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -13,6 +13,9 @@ from rich.table import Table
 from morsearch.cli import app
 from morsearch.config import DeploymentTarget, ModelConfig, load_config, read_yaml
 from morsearch.errors import ConfigError
+
+if TYPE_CHECKING:
+    from morsearch.model import MoRModel
 
 
 def _load_target(config: Path, target: Path | None) -> DeploymentTarget:
@@ -25,7 +28,7 @@ def _load_target(config: Path, target: Path | None) -> DeploymentTarget:
     return DeploymentTarget()
 
 
-def _trained_for(cfg: ModelConfig, config: Path, weights: Path) -> Any:
+def _trained_for(cfg: ModelConfig, config: Path, weights: Path) -> MoRModel:
     """The trained model in ``weights``, which must be of CONFIG's model (a ConfigError names the fields)."""
     from morsearch.model import load_trained  # torch: keep `morsearch --help` instant
 

@@ -33,23 +33,14 @@ import torch
 
 from benchmarks.common import target, write_result
 from benchmarks.decode_throughput import base_shape
+from benchmarks.measurement_isolation import MODEL
 from morsearch.config import DeploymentTarget, ModelConfig
 from morsearch.measure import measure
 
 ROUTED = dict(vocab_size=64, num_heads=4, num_kv_heads=2, max_seq_len=512, router="expert_choice")
 MODELS: dict[str, dict[str, Any]] = {
     "small": dict(ROUTED, d_model=256, ffn_dim=768, num_layers=4, num_recursions=2, sharing="cycle"),
-    "medium": dict(
-        ROUTED,
-        vocab_size=8192,
-        d_model=512,
-        num_heads=8,
-        num_kv_heads=4,
-        ffn_dim=1408,
-        num_layers=14,
-        num_recursions=3,
-        sharing="middle_cycle",
-    ),
+    "medium": MODEL,  # measurement_isolation's
     # decode_throughput's MoR-3 (SmolLM-360M width, 26 layers): the prefill is the device's work
     "large": dict(base_shape(quick=False), num_recursions=3, sharing="middle_cycle", router="expert_choice"),
 }

@@ -210,9 +210,10 @@ def summarise(
     if seeds:
         reference_means = mean_nll_at(budgets["reference"])
         for label, value in budgets.items():
-            common = set(mean_nll_at(value)) & set(reference_means)
+            proxy_means = mean_nll_at(value)
+            common = set(proxy_means) & set(reference_means)
             if label != "reference" and len(common) > 2:
-                seed_means[label] = {"configs": len(common), **rank_agreement(mean_nll_at(value), reference_means)}
+                seed_means[label] = {"configs": len(common), **rank_agreement(proxy_means, reference_means)}
     raw = {
         "agreement": agreement,
         "seed_mean_agreement": seed_means,

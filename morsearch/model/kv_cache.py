@@ -12,9 +12,12 @@ position (key position <= query position). Storage grows in chunks of
 ``chunk_tokens`` so ``allocated_bytes`` is what the device really holds.
 
 Sizing storage and scattering a masked write need the rows' lengths on the host, a
-device sync each. While every write took all of its tokens (the pre- and post-block
-layers, unrouted steps, a vanilla model), every row holds as many entries and the
-host knows how many (``uniform_length``): those writes are slices, with no sync.
+device sync each. Two kinds of write need none, and they are the whole of a prefill:
+while every write took all of its tokens (the pre- and post-block layers, unrouted
+steps, a vanilla model), every row holds as many entries and the host knows how many
+(``uniform_length``); and a masked write into an empty slot puts each row's valid
+entries, which come first, at its start. Both are slices. Reads need no sync either:
+the host keeps the longest row's length (``longest``) from the writes.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ class CacheSlot:
         self.positions: torch.Tensor | None = None  # (B, S) token position of each entry
         self.lengths: torch.Tensor | None = None  # (B,) entries written per row
         self.uniform_length: int | None = 0  # every row's length while all are equal and known, else None
+        self.longest = 0  # the longest row's length, known on the host
 
     def _reserve(self, needed: int, like: torch.Tensor) -> None:
         capacity = 0 if self.keys is None else self.keys.shape[2]
@@ -56,12 +60,16 @@ class CacheSlot:
             self.lengths = torch.zeros(B, dtype=torch.long, device=like.device)
         self.keys, self.values, self.positions = keys, values, positions
 
-    def append(
-        self, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor | None
-    ) -> None:
-        """Write the valid entries of k, v (B, G, T, E) after each row's existing ones."""
+    def append(self, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor | None) -> None:
+        """Write the valid entries of k, v (B, G, T, E) after each row's existing ones.
+
+        ``valid`` (B, T): each row's valid entries come first, as ``compact`` orders them,
+        and some row has T of them; None: all are valid.
+        """
         B, _, T, _ = k.shape
-        if valid is None and self.uniform_length is not None:
+        if self.uniform_length is not None and (valid is None or self.uniform_length == 0):
+            # a slice: every row starts at the same known length (into an empty slot, a
+            # masked write's padding lands after its row's length, where view() masks it)
             start = self.uniform_length
             self._reserve(start + T, k)
             assert self.keys is not None and self.values is not None
@@ -69,15 +77,17 @@ class CacheSlot:
             self.keys[:, :, start : start + T] = k
             self.values[:, :, start : start + T] = v
             self.positions[:, start : start + T] = positions
-            self.lengths = self.lengths + T
-            self.uniform_length = start + T
+            self.lengths = self.lengths + T if valid is None else valid.sum(dim=1)
+            self.uniform_length = start + T if valid is None else None
+            self.longest = start + T
             return
         self.uniform_length = None
         if valid is None:
             valid = torch.ones(B, T, dtype=torch.bool, device=k.device)
         lengths = self.lengths if self.lengths is not None else torch.zeros(B, dtype=torch.long, device=k.device)
         new_lengths = lengths + valid.sum(dim=1)
-        self._reserve(int(new_lengths.max()), k)
+        self.longest = int(new_lengths.max())
+        self._reserve(self.longest, k)
         assert self.keys is not None and self.values is not None and self.positions is not None
         rows, cols = valid.nonzero(as_tuple=True)  # entry j of row b goes to lengths[b] + rank of j
         slots = lengths[rows] + (valid.cumsum(dim=1) - 1)[rows, cols]
@@ -90,7 +100,7 @@ class CacheSlot:
         """keys, values (B, G, S, E), positions (B, S), valid (B, S) over the used length."""
         assert self.keys is not None and self.values is not None
         assert self.positions is not None and self.lengths is not None
-        used = self.uniform_length if self.uniform_length is not None else int(self.lengths.max())
+        used = self.longest
         valid = torch.arange(used, device=self.lengths.device) < self.lengths.unsqueeze(1)
         return self.keys[:, :, :used], self.values[:, :, :used], self.positions[:, :used], valid
 
@@ -107,9 +117,7 @@ class StepKV:
     def __init__(self) -> None:
         self.entries: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
-    def append(
-        self, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor | None
-    ) -> None:
+    def append(self, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor | None) -> None:
         if valid is None:
             valid = torch.ones_like(positions, dtype=torch.bool)
         self.entries = (k, v, positions, valid)
@@ -146,8 +154,7 @@ class KVCache:
     def __init__(self, cfg: ModelConfig, batch_size: int, chunk_tokens: int = 256) -> None:
         self.cfg, self.batch_size, self.seq_len = cfg, batch_size, 0
         self.slots = {
-            app: CacheSlot(batch_size, cfg.kv_heads, cfg.head_dim, chunk_tokens)
-            for app in cached_applications(cfg)
+            app: CacheSlot(batch_size, cfg.kv_heads, cfg.head_dim, chunk_tokens) for app in cached_applications(cfg)
         }
 
     def slots_for(self, application: Application) -> tuple[CacheSlot | None, CacheSlot]:
@@ -161,7 +168,4 @@ class KVCache:
 
     def tokens_per_slot(self) -> dict[Application, int]:
         """Entries each slot holds, summed over the batch (for the accounting)."""
-        return {
-            app: 0 if slot.lengths is None else int(slot.lengths.sum()) for app, slot in self.slots.items()
-        }
-
+        return {app: 0 if slot.lengths is None else int(slot.lengths.sum()) for app, slot in self.slots.items()}

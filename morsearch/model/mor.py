@@ -112,6 +112,10 @@ class MoRModel(nn.Module):
         step_tokens = []
         for step in range(self.schedule.num_block_steps):
             selection = self.router.select(step, h)
+            if selection.index is not None and selection.index.shape[1] == 0:
+                # no token takes this step, so (routing is nested) none takes a deeper one
+                step_tokens += [selection.num_tokens] * (self.schedule.num_block_steps - step)
+                break
             if selection.index is None:  # every token runs this step: no gather
                 h_in, step_positions, step_rope = h, positions, rope
             else:
@@ -139,9 +143,7 @@ class MoRModel(nn.Module):
         if cache is not None:
             cache.seq_len += T
         aux_loss = self.router.weighted_aux_loss()
-        fractions = (
-            torch.stack(step_tokens).float().detach() / (B * T) if step_tokens else logits.new_zeros(0)
-        )
+        fractions = torch.stack(step_tokens).float().detach() / (B * T) if step_tokens else logits.new_zeros(0)
         return ModelOutput(
             logits=logits,
             aux_loss=aux_loss if aux_loss is not None else logits.new_zeros(()),

@@ -44,14 +44,15 @@ def compact(mask: torch.Tensor, multiple_of: int = 1) -> tuple[torch.Tensor, tor
     """Gather the True entries of ``mask`` (B, N) to the front of each row, in order.
 
     Returns indices into N (B, K) and their validity (B, K), K = most True in a row,
-    rounded up to ``multiple_of`` (capped at N) so that compiled layers see few shapes.
-    Rows with fewer entries are padded with their unselected indices (marked invalid).
+    rounded up to ``multiple_of`` (capped at N) so that compiled layers see few shapes;
+    K = 0 when no entry is True. Rows with fewer entries are padded with their
+    unselected indices (marked invalid). Learning K is the one host sync.
     """
     N = mask.shape[1]
     order = torch.arange(N, device=mask.device)
     keys = torch.where(mask, order, order + N)  # selected first, each group in position order
     count = int(mask.sum(dim=1).max()) if mask.numel() else 0
-    width = min(N, -(-max(count, 1) // multiple_of) * multiple_of)
+    width = min(N, -(-count // multiple_of) * multiple_of)
     index = keys.argsort(dim=1)[:, :width]
     valid = mask.gather(1, index)
     return index, valid
@@ -61,9 +62,7 @@ def router_network(cfg: ModelConfig, outputs: int) -> nn.Module:
     hidden = ROUTER_HIDDEN_MULTIPLIER[cfg.router_network] * cfg.d_model
     if hidden == 0:
         return nn.Linear(cfg.d_model, outputs, bias=False)
-    return nn.Sequential(
-        nn.Linear(cfg.d_model, hidden, bias=False), nn.GELU(), nn.Linear(hidden, outputs, bias=False)
-    )
+    return nn.Sequential(nn.Linear(cfg.d_model, hidden, bias=False), nn.GELU(), nn.Linear(hidden, outputs, bias=False))
 
 
 def gather_tokens(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -103,7 +102,7 @@ class NoRouter(Router):
     """The plain recursive transformer: every token runs every step, h <- Block(h)."""
 
     def select(self, step: int, h: torch.Tensor) -> Selection:
-        return Selection(None, None, None, torch.tensor(h.shape[0] * h.shape[1], device=h.device))
+        return Selection(None, None, None, torch.full((), h.shape[0] * h.shape[1], device=h.device))
 
     def merge(self, step: int, h_in: torch.Tensor, out: torch.Tensor, selection: Selection) -> torch.Tensor:
         return out
@@ -161,7 +160,7 @@ class ExpertChoiceRouter(Router):
         if valid is not None:
             count = valid.sum()
         else:
-            count = torch.tensor(B * T if index is None else index.numel(), device=h.device)
+            count = torch.full((), B * T if index is None else index.numel(), device=h.device)  # no host copy
         return Selection(index, valid, gate.to(h.dtype), count)
 
     def merge(self, step: int, h_in: torch.Tensor, out: torch.Tensor, selection: Selection) -> torch.Tensor:

@@ -95,3 +95,53 @@ def test_writes_of_every_token_never_read_lengths_back(monkeypatch):
     keys, _, positions, valid = slot.view()
     assert keys.shape[2] == TOTAL + 1 and valid.sum(dim=1).tolist() == [TOTAL + 1, TOTAL]
     assert positions[0, TOTAL] == TOTAL
+
+
+@pytest.mark.parametrize("kv_strategy", ["recursion_wise", "recursive_sharing"])
+@pytest.mark.parametrize("router", ["expert_choice", "token_choice"])
+def test_a_routed_prefill_reads_back_only_each_routed_steps_width(monkeypatch, router, kv_strategy):
+    """Into an empty cache every write is a slice and every read knows its length: the one
+    read-back per routed step is ``compact`` learning how many tokens go on (fails with
+    the old cache, which read lengths back for each layer's write and read)."""
+    cfg = tiny("middle_cycle", router, kv_strategy, 3, shared_layers=2)
+    model = build_model(cfg).eval()
+    idx = torch.randint(0, cfg.vocab_size, (3, PROMPT))
+    routed_steps = sum(capacity < 1 for capacity in cfg.step_capacities) if router == "expert_choice" else 2
+    read_backs = []
+
+    def counted(name):
+        original = getattr(torch.Tensor, name)
+
+        def read(self, *args, **kwargs):
+            read_backs.append(name)
+            return original(self, *args, **kwargs)
+
+        return read
+
+    with torch.no_grad():
+        model(idx)  # warm: nothing lazy is left for the counted call
+        cache = model.new_cache(3)
+        with monkeypatch.context() as patched:
+            for name in ("__int__", "__bool__", "item", "tolist", "nonzero"):
+                patched.setattr(torch.Tensor, name, counted(name))
+            prefill = model(idx, cache=cache).logits
+        full = model(idx).logits
+    assert routed_steps >= 1 and read_backs == ["__int__"] * routed_steps
+    torch.testing.assert_close(prefill, full, **TOLERANCE)
+    for slot in cache.slots.values():  # what each slot holds is what its writes said it holds
+        assert slot.longest == int(slot.lengths.max())
+
+
+def test_a_step_no_token_takes_is_skipped_with_every_deeper_one():
+    cfg = tiny("cycle", "expert_choice", "recursion_wise", 3)
+    model = build_model(cfg).eval()
+    torch.nn.init.constant_(model.router.networks[1].weight, 0.0)  # logit 0: step 1 keeps nobody
+    calls = []
+    model.layers[0].register_forward_hook(lambda module, args, out: calls.append(args[0].shape[1]))
+    idx = torch.randint(0, cfg.vocab_size, (2, PROMPT))
+    with torch.no_grad():
+        cache = model.new_cache(2)
+        out = model(idx, cache=cache)
+    assert calls == [PROMPT]  # step 0 only: steps 1 and 2 never run the block
+    assert out.step_token_fraction.tolist() == [1.0, 0.0, 0.0]
+    assert [cache.slots[(0, step)].allocated_bytes() for step in (1, 2)] == [0, 0]

@@ -2,7 +2,8 @@
 
 One measurement = warm-up generations (kernels, allocator, caches), one
 generation under a peak-memory monitor, then ``target.repeats`` timed generations
-(garbage collected before them, the collector paused during them).
+(garbage collected before them, the collector paused during them; on the GPU two
+untimed ones first, in which the measured decoder captures its prefill graph).
 Each generation prefills ``prompt_len`` random tokens for ``batch_size`` sequences
 and decodes until each has ``new_tokens`` new tokens (a fixed random continuation,
 or greedy: ``target.decode_tokens``), with the decoder that serves MoR fastest on
@@ -166,8 +167,13 @@ def measure(
             generation = run.generate(prompt, N, forced)
 
         clock = Clock(device)
-        prefill_s, decode_s, latencies = [], [], []
+        prefill_s, decode_s, timed = [], [], []
         with collector_paused():
+            if device.type == "cuda":
+                # untimed: the decoder captures its prefill graph on its second generation, and
+                # the first timed repeat does not follow the collection (H200: slower after it)
+                for _ in range(2):
+                    run.generate(prompt, N, forced)
             for _ in range(target.repeats):
                 clock.start()
                 generation = run.generate(prompt, N, forced, on_iteration=clock.mark, on_prefill=clock.mark)
@@ -176,7 +182,8 @@ def measure(
                 times = clock.seconds()
                 prefill_s.append(times[0])
                 decode_s.append(times[-1] - times[1])
-                latencies += inter_token_latencies(times[1:], generation.emissions)
+                timed.append((times[1:], generation.emissions))  # pooled after the repeats: no host work between them
+    latencies = [gap for times, emissions in timed for gap in inter_token_latencies(times, emissions)]
 
     param_bytes = parameter_bytes(model)
     decoded = B * (N - 1)  # tokens produced after the prefill

@@ -100,7 +100,7 @@ class ReferenceDecoder:
         B = prompt.shape[0]
         cache = self.model.new_cache(B)
         rows = torch.arange(B, device=prompt.device)
-        out = self.model(prompt, cache=cache)
+        out = self.model(prompt, cache=cache, last_only=True)
         if on_prefill is not None:
             on_prefill()
         tokens, kept = [], []
@@ -567,7 +567,7 @@ class RowDecoder:
         model, device = self.model, prompt.device
         B, self.prompt_len = prompt.shape
         prefill_cache = model.new_cache(B)
-        first_logits = model(prompt, cache=prefill_cache).logits[:, -1]  # (B, V)
+        first_logits = model(prompt, cache=prefill_cache, last_only=True).logits[:, -1]  # (B, V)
         if on_prefill is not None:
             on_prefill()
         self.cache = RowCache(self.cfg, prefill_cache, device)

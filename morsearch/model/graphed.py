@@ -33,6 +33,7 @@ heads, E head size, C slot capacity, N new tokens, V vocabulary.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ from morsearch.model.decoding import DECODE_RULES, Generation, choose_tokens
 from morsearch.model.kv_cache import KVCache, shared_source, writes_own_kv
 from morsearch.model.layers import apply_rope
 from morsearch.model.mor import MoRModel
+from morsearch.model.routers import WidthPlan
 from morsearch.model.sharing import Application
 
 Family = Hashable  # "pre", "post" or a recursion step: slots written by the same tokens
@@ -172,6 +174,80 @@ def prefill_lengths(model: MoRModel, cache: KVCache) -> tuple[dict[Family, torch
     return lengths, filled
 
 
+class CapturedPrefill:
+    """The prompt's forward into a KV cache, replayed as one CUDA graph once its shape repeats.
+
+    A routed prefill's shapes follow its routing: how many tokens take each recursion
+    step, which ``compact`` learns with one host sync per routed step. The first prefill
+    of a prompt shape runs eagerly; the second too, noting those widths (``WidthPlan``),
+    and after it (``settle``) the forward is captured with the widths fixed. From then
+    on a prompt of that shape is copied into the graph's input and replayed: one launch,
+    no sync, so the prefill's time is the device's work rather than Python's. ``settle``
+    then checks that the prompt asked for the noted widths, and if not, prefills it
+    eagerly again (and captures anew on the next call). On the CPU every prefill is eager.
+
+    The first prefill of a shape never captures, so a decoder's first generation
+    allocates only what an eager prefill does (``measure()`` monitors its memory on it).
+    """
+
+    def __init__(self, model: MoRModel) -> None:
+        self.model = model
+        self.seen: torch.Size | None = None  # the last eager prompt's shape
+        self.pending: WidthPlan | None = None  # widths of a prefill to capture in ``settle``
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.replayed = False
+        self.prompt = self.cache = self.logits = self.observed = self.planned = None
+
+    def __call__(self, prompt: torch.Tensor) -> tuple[KVCache, torch.Tensor]:
+        """The filled cache and the last position's logits (B, V). A replay's cache is a view
+        of the graph's own: its slots may be emptied, its tensors must not be written."""
+        if self.graph is not None and self.prompt is not None and prompt.shape == self.prompt.shape:
+            self.prompt.copy_(prompt)
+            self.graph.replay()
+            self.replayed = True
+            return view_of(self.cache), self.logits
+        return self._eager(prompt)
+
+    def _eager(self, prompt: torch.Tensor) -> tuple[KVCache, torch.Tensor]:
+        cache, plan = self.model.new_cache(prompt.shape[0]), WidthPlan()
+        with plan.recording():
+            logits = self.model(prompt, cache=cache, last_only=True).logits[:, -1]
+        self.pending = plan if prompt.is_cuda and prompt.shape == self.seen else None
+        self.seen = prompt.shape
+        return cache, logits
+
+    def settle(self, prompt: torch.Tensor, cache: KVCache, logits: torch.Tensor) -> tuple[KVCache, torch.Tensor]:
+        """After the prefill's time was taken: check a replay's widths, capture a pending graph."""
+        if self.replayed:
+            self.replayed = False
+            assert self.observed is not None and self.planned is not None
+            if not torch.equal(self.observed, self.planned):  # this prompt routes to other shapes
+                self.graph = None
+                cache, logits = self._eager(prompt)
+        if self.pending is not None:
+            self._capture(prompt, self.pending)
+            self.pending = None
+        return cache, logits
+
+    def _capture(self, prompt: torch.Tensor, plan: WidthPlan) -> None:
+        self.graph = None  # free the previous graph's pool first
+        self.prompt, self.cache = prompt.clone(), self.model.new_cache(prompt.shape[0])
+        self.planned = torch.tensor(plan.widths, dtype=torch.long, device=prompt.device)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph), plan.replaying():  # records the kernels, runs none
+            self.logits = self.model(self.prompt, cache=self.cache, last_only=True).logits[:, -1]
+            observed = plan.observed
+            self.observed = torch.stack(observed) if observed else self.planned.new_zeros(0)
+        self.graph = graph
+
+
+def view_of(cache: KVCache) -> KVCache:
+    """A cache object over the same tensors, whose slots a decoder may empty as it adopts them."""
+    view = copy.copy(cache)
+    view.slots = {app: copy.copy(slot) for app, slot in cache.slots.items()}
+    return view
+
+
 def run_graphed(
     graphs: dict[Hashable, torch.cuda.CUDAGraph],
     pool: tuple[int, int] | None,
@@ -208,6 +284,7 @@ class GraphedDecoder:
 
     def __init__(self, model: MoRModel, compile: bool = False) -> None:
         self.model, self.cfg, self.schedule = model, model.cfg, model.schedule
+        self.prefill = CapturedPrefill(model)
         self.workload: _Workload | None = None
         self.workload_key: tuple[object, ...] | None = None
         if compile:
@@ -390,12 +467,12 @@ class GraphedDecoder:
         on_prefill: Callable[[], None] | None = None,
     ) -> Generation:
         """Greedy (or forced) generation of ``new_tokens`` after ``prompt`` (B, P)."""
-        model, nr = self.model, self.schedule.num_block_steps
+        nr = self.schedule.num_block_steps
         B, P = prompt.shape
-        cache = model.new_cache(B)
-        first_logits = model(prompt, cache=cache).logits[:, -1]  # (B, V)
+        cache, first_logits = self.prefill(prompt)  # (B, V)
         if on_prefill is not None:
             on_prefill()
+        cache, first_logits = self.prefill.settle(prompt, cache, first_logits)
         w = self._workload(cache, new_tokens, keep_logits, forced is not None)
         del cache
         if w.forced is not None and forced is not None:

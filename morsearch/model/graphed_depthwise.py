@@ -45,7 +45,14 @@ import torch
 import torch.nn.functional as F
 
 from morsearch.model.decoding import DECODE_RULES, Generation, choose_tokens
-from morsearch.model.graphed import Family, decode_attention, family_of, prefill_lengths, run_graphed
+from morsearch.model.graphed import (
+    CapturedPrefill,
+    Family,
+    decode_attention,
+    family_of,
+    prefill_lengths,
+    run_graphed,
+)
 from morsearch.model.kv_cache import KVCache, shared_source, writes_own_kv
 from morsearch.model.layers import apply_rope
 from morsearch.model.mor import MoRModel
@@ -162,6 +169,7 @@ class GraphedDepthwiseDecoder:
 
     def __init__(self, model: MoRModel) -> None:
         self.model, self.cfg, self.schedule = model, model.cfg, model.schedule
+        self.prefill = CapturedPrefill(model)
         self.workload: _Workload | None = None
         self.workload_key: tuple[object, ...] | None = None
 
@@ -328,12 +336,12 @@ class GraphedDepthwiseDecoder:
         on_prefill: Callable[[], None] | None = None,
     ) -> Generation:
         """Greedy (or forced) generation of ``new_tokens`` after ``prompt`` (B, P)."""
-        model, N = self.model, new_tokens
+        N = new_tokens
         B, P = prompt.shape
-        cache = model.new_cache(B)
-        logits = model(prompt, cache=cache).logits[:, -1]  # (B, V)
+        cache, logits = self.prefill(prompt)  # (B, V)
         if on_prefill is not None:
             on_prefill()
+        cache, logits = self.prefill.settle(prompt, cache, logits)
         w = self._workload(cache, N, keep_logits, forced is not None)
         del cache
         w.first_logits.copy_(logits)

@@ -80,7 +80,9 @@ class MoRModel(nn.Module):
         """Non-learned router state (token-choice loss-free bias); call after each step."""
         self.router.after_optimizer_step()
 
-    def forward(self, idx: torch.Tensor, cache: KVCache | None = None) -> ModelOutput:
+    def forward(self, idx: torch.Tensor, cache: KVCache | None = None, last_only: bool = False) -> ModelOutput:
+        """Logits (B, T, V) of every position; with ``last_only`` of the last one (B, 1, V),
+        all that a prefill needs (the head over every prompt token is most of its memory)."""
         B, T = idx.shape
         start = cache.seq_len if cache is not None else 0
         if start + T > self.cfg.max_seq_len:
@@ -138,7 +140,7 @@ class MoRModel(nn.Module):
         for application in self.schedule.post_block:
             h = self.layers[application[0]](h, rope, context(application, positions, None))
 
-        h = self.norm(h)
+        h = self.norm(h[:, -1:] if last_only else h)
         logits = self.lm_head(h) if self.lm_head is not None else F.linear(h, self.embed.weight)  # (B, T, V)
         if cache is not None:
             cache.seq_len += T

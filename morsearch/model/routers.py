@@ -22,7 +22,10 @@ contract tests in tests/model_tests/test_routers.py run over all of them):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import contextlib
+from collections.abc import Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -40,19 +43,68 @@ class Selection:
     num_tokens: torch.Tensor  # scalar: valid selected tokens, for routing statistics
 
 
+@dataclass
+class WidthPlan:
+    """The widths ``compact`` chose in one forward, so that the forward can be captured as a CUDA graph.
+
+    While ``recording()``, each ``compact`` learns its width from the device (a host
+    sync) and notes it. While ``replaying()``, the same forward's calls take the noted
+    widths instead, with no sync, and each leaves the width its mask asks for on the
+    device (``observed``): after the captured graph ran for a new input, comparing them
+    with the notes tells whether that input routes to the same shapes.
+    """
+
+    widths: list[int] = field(default_factory=list)
+    observed: list[torch.Tensor] = field(default_factory=list)
+    replay: bool = False
+
+    @contextlib.contextmanager
+    def recording(self) -> Iterator[None]:
+        self.widths, self.replay = [], False
+        with _active(self):
+            yield
+
+    @contextlib.contextmanager
+    def replaying(self) -> Iterator[None]:
+        self.observed, self.replay = [], True
+        with _active(self):
+            yield
+
+
+_PLAN: ContextVar[WidthPlan | None] = ContextVar("width_plan", default=None)
+
+
+@contextlib.contextmanager
+def _active(plan: WidthPlan) -> Iterator[None]:
+    token = _PLAN.set(plan)
+    try:
+        yield
+    finally:
+        _PLAN.reset(token)
+
+
 def compact(mask: torch.Tensor, multiple_of: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """Gather the True entries of ``mask`` (B, N) to the front of each row, in order.
 
     Returns indices into N (B, K) and their validity (B, K), K = most True in a row,
     rounded up to ``multiple_of`` (capped at N) so that compiled layers see few shapes;
     K = 0 when no entry is True. Rows with fewer entries are padded with their
-    unselected indices (marked invalid). Learning K is the one host sync.
+    unselected indices (marked invalid). Learning K is the one host sync, unless a
+    ``WidthPlan`` is replaying.
     """
     N = mask.shape[1]
     order = torch.arange(N, device=mask.device)
     keys = torch.where(mask, order, order + N)  # selected first, each group in position order
-    count = int(mask.sum(dim=1).max()) if mask.numel() else 0
-    width = min(N, -(-count // multiple_of) * multiple_of)
+    plan = _PLAN.get()
+    if plan is not None and plan.replay:
+        width = plan.widths[len(plan.observed)]
+        count = mask.sum(dim=1).amax() if mask.numel() else mask.new_zeros((), dtype=torch.long)
+        plan.observed.append(((count + multiple_of - 1) // multiple_of * multiple_of).clamp(max=N))
+    else:
+        count = int(mask.sum(dim=1).max()) if mask.numel() else 0
+        width = min(N, -(-count // multiple_of) * multiple_of)
+        if plan is not None:
+            plan.widths.append(width)
     index = keys.argsort(dim=1)[:, :width]
     valid = mask.gather(1, index)
     return index, valid

@@ -173,13 +173,17 @@ def test_graphed_replays_equal_the_reference_on_the_gpu(
     model = _model(tiny_model_config, **changes).cuda()
     prompt = torch.randint(0, model.cfg.vocab_size, (B, P), device="cuda")
     forced = torch.randint(0, model.cfg.vocab_size, (B, N), device="cuda")
-    reference = DECODERS["reference"](model).generate(prompt, N, forced=forced, keep_logits=True)
     decoder = DECODERS[name](model)
-    for _ in range(2):  # the first generation captures the graphs, the second replays them
-        fast = decoder.generate(prompt, N, forced=forced, keep_logits=True)
+    # the first generation captures the decode graphs, the second the prefill's; then replays.
+    # The last prompt is new: its prefill replays if it routes like the first, else runs eagerly.
+    other = torch.randint(0, model.cfg.vocab_size, (B, P), device="cuda")
+    for generation, tokens in enumerate((prompt, prompt, prompt, other)):
+        reference = DECODERS["reference"](model).generate(tokens, N, forced=forced, keep_logits=True)
+        fast = decoder.generate(tokens, N, forced=forced, keep_logits=True)
         assert fast.logits is not None and reference.logits is not None
         torch.testing.assert_close(fast.logits, reference.logits, rtol=1e-4, atol=1e-4)
         assert fast.step_tokens == reference.step_tokens
+        assert (decoder.prefill.graph is not None) == (generation >= 1)
     assert decoder.workload is not None and decoder.workload.graphs
 
 

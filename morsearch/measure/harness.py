@@ -8,7 +8,8 @@ Each generation prefills ``prompt_len`` random tokens for ``batch_size`` sequenc
 and decodes until each has ``new_tokens`` new tokens (a fixed random continuation,
 or greedy: ``target.decode_tokens``), with the decoder that serves MoR fastest on
 the device (``default_decoder``: CUDA graphs on the GPU, row gathering on the CPU).
-The prefill is timed up to the end of the prompt's forward, the decode from the
+The prefill is timed up to the end of the prompt's forward (from when its work is
+queued, for a graph replay: ``Clock``'s ``queue_ahead``), the decode from the
 first token on: the decoder's set-up between them (copying the prefill's K/V into
 its own buffers, work a serving engine that writes its cache in place does not do)
 counts in neither.
@@ -43,6 +44,7 @@ from morsearch.measure.timing import (
 )
 from morsearch.model import MoRModel, build_model
 from morsearch.model.decoders import DECODERS
+from morsearch.model.graphed import CapturedPrefill
 
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -166,7 +168,8 @@ def measure(
         with PeakMemory(device) as peak:
             generation = run.generate(prompt, N, forced)
 
-        clock = Clock(device)
+        # a graphed decoder's timed prefill is one graph replay, queued at once
+        clock = Clock(device, queue_ahead=isinstance(getattr(run, "prefill", None), CapturedPrefill))
         prefill_s, decode_s, timed = [], [], []
         with collector_paused():
             if device.type == "cuda":

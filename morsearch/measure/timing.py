@@ -18,16 +18,25 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
+# About 2.5 ms of an H200's clock: far longer than the host takes to launch a graph replay.
+QUEUE_AHEAD_CYCLES = 5_000_000
+
 
 class Clock:
     """Timestamps of the points of one timed region, relative to ``start()``.
 
     Args:
         device: The device whose work is timed.
+        queue_ahead: On CUDA, hold the device at the start (a sleep kernel) while the host
+            queues the region's first work, so that the region times the device's work and
+            not the launch latency of an idle device (nvbench's blocking kernel). Only for a
+            region whose first work is queued at once (a graph replay): it would hide the
+            first milliseconds of a host-bound one.
     """
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, queue_ahead: bool = False) -> None:
         self.cuda = device.type == "cuda"
+        self.queue_ahead = queue_ahead and self.cuda
         self._marks: list[torch.cuda.Event | float] = []
 
     def _now(self) -> torch.cuda.Event | float:
@@ -41,6 +50,8 @@ class Clock:
         """Begin a region (after its warm-up); earlier marks are dropped."""
         if self.cuda:
             torch.cuda.synchronize()  # nothing queued before the region may count in it
+        if self.queue_ahead:
+            torch.cuda._sleep(QUEUE_AHEAD_CYCLES)
         self._marks = [self._now()]
 
     def mark(self) -> None:

@@ -65,6 +65,29 @@ def test_cuda_clock_times_queued_work() -> None:
     assert clock.seconds()[0] > 0
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_queue_ahead_leaves_the_hosts_delay_before_the_first_launch_out() -> None:
+    x = torch.randn(256, 256, device="cuda")
+    measured = {}
+    for queue_ahead in (False, True):
+        clock = Clock(torch.device("cuda"), queue_ahead=queue_ahead)
+        clock.start()
+        time.sleep(0.001)  # the host is late to queue the region's work
+        x = x @ x / 16
+        clock.mark()
+        measured[queue_ahead] = clock.seconds()[0]
+    assert measured[False] >= 0.001 > 5 * measured[True]
+
+
+def test_queue_ahead_does_nothing_on_the_cpu() -> None:
+    clock = Clock(torch.device("cpu"), queue_ahead=True)
+    clock.start()
+    time.sleep(0.01)
+    clock.mark()
+    assert not clock.queue_ahead and clock.seconds()[0] >= 0.01
+
+
 def test_collector_paused_restores_the_collector_as_it_found_it() -> None:
     with collector_paused():
         assert not gc.isenabled()

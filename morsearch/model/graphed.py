@@ -184,7 +184,7 @@ class CapturedPrefill:
     on a prompt of that shape is copied into the graph's input and replayed: one launch,
     no sync, so the prefill's time is the device's work rather than Python's. ``settle``
     then checks that the prompt asked for the noted widths, and if not, prefills it
-    eagerly again (and captures anew on the next call). On the CPU every prefill is eager.
+    eagerly again and captures anew with its widths. On the CPU every prefill is eager.
 
     The first prefill of a shape never captures, so a decoder's first generation
     allocates only what an eager prefill does (``measure()`` monitors its memory on it).

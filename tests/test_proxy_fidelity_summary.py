@@ -1,0 +1,38 @@
+"""proxy_fidelity's seed means: a new seed that only some runs reached keeps the means of the seeds before it."""
+
+from __future__ import annotations
+
+from benchmarks.proxy_fidelity import CONFIGS, summarise
+
+NAMES = list(CONFIGS)[:4]
+BUDGETS = {"reference": 10.0, "proxy_x1": 1.0}
+
+
+def run(name: str, flops: float, seed: int, nll: float) -> dict:
+    return {"name": name, "flops": flops, "seed": seed, "val_nll": nll, "params": 1}
+
+
+def two_seeds() -> list[dict]:
+    runs = []
+    for rank, name in enumerate(NAMES):  # the same order at both budgets, seed 1 a little off
+        for seed in (0, 1):
+            runs += [run(name, 1.0, seed, 2.0 + rank + 0.1 * seed), run(name, 10.0, seed, 1.0 + rank - 0.1 * seed)]
+    return runs
+
+
+def test_seed_means_use_every_seed_that_the_configs_have() -> None:
+    raw, _ = summarise(two_seeds(), NAMES, BUDGETS, 10.0, quick=True)
+    assert raw["seed_mean_agreement"]["proxy_x1"] == {"seeds": 2, "configs": 4, "kendall_tau": 1.0, "spearman_rho": 1.0}
+
+
+def test_a_seed_cut_short_keeps_the_means_of_the_seeds_before_it() -> None:
+    # seed 2: two references trained, no proxy yet (a resumed run cut at its time limit)
+    runs = two_seeds() + [run(NAMES[0], 10.0, 2, 9.0), run(NAMES[1], 10.0, 2, 0.5)]
+    raw, _ = summarise(runs, NAMES, BUDGETS, 10.0, quick=True)
+    assert raw["seed_mean_agreement"]["proxy_x1"]["seeds"] == 2
+    assert raw["seed_mean_agreement"]["proxy_x1"]["configs"] == 4
+    # with every seed-2 run in, the means take three seeds
+    for rank, name in enumerate(NAMES):
+        runs += [run(name, 1.0, 2, 2.0 + rank)] + ([run(name, 10.0, 2, 1.0 + rank)] if rank >= 2 else [])
+    raw, _ = summarise(runs, NAMES, BUDGETS, 10.0, quick=True)
+    assert raw["seed_mean_agreement"]["proxy_x1"]["seeds"] == 3

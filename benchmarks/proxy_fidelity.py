@@ -210,10 +210,12 @@ def summarise(
 
     seed_means = {}
     for label, value in budgets.items():
+        if label == "reference":
+            continue
         for count in range(len(all_seeds), 1, -1):  # the most seeds that more than two configs have
             proxy_means, reference_means = mean_nll_at(value, count), mean_nll_at(budgets["reference"], count)
             common = set(proxy_means) & set(reference_means)
-            if label != "reference" and len(common) > 2:
+            if len(common) > 2:
                 agreement_of_means = rank_agreement(proxy_means, reference_means)
                 seed_means[label] = {"seeds": count, "configs": len(common), **agreement_of_means}
                 break

@@ -180,11 +180,12 @@ class CapturedPrefill:
     A routed prefill's shapes follow its routing: how many tokens take each recursion
     step, which ``compact`` learns with one host sync per routed step. The first prefill
     of a prompt shape runs eagerly; the second too, noting those widths (``WidthPlan``),
-    and after it (``settle``) the forward is captured with the widths fixed. From then
-    on a prompt of that shape is copied into the graph's input and replayed: one launch,
-    no sync, so the prefill's time is the device's work rather than Python's. ``settle``
-    then checks that the prompt asked for the noted widths, and if not, prefills it
-    eagerly again and captures anew with its widths. On the CPU every prefill is eager.
+    and after it (once ``on_prefill`` has taken the prefill's time) the forward is
+    captured with the widths fixed. From then on a prompt of that shape is copied into
+    the graph's input and replayed: one launch, no sync, so the prefill's time is the
+    device's work rather than Python's. After ``on_prefill`` the replay is checked: if
+    the prompt asked for other widths, it is prefilled eagerly again and captured anew
+    with its widths. On the CPU every prefill is eager.
 
     The first prefill of a shape never captures, so a decoder's first generation
     allocates only what an eager prefill does (``measure()`` monitors its memory on it).
@@ -193,20 +194,32 @@ class CapturedPrefill:
     def __init__(self, model: MoRModel) -> None:
         self.model = model
         self.seen: torch.Size | None = None  # the last eager prompt's shape
-        self.pending: WidthPlan | None = None  # widths of a prefill to capture in ``settle``
+        self.pending: WidthPlan | None = None  # widths of a prefill to capture after ``on_prefill``
         self.graph: torch.cuda.CUDAGraph | None = None
-        self.replayed = False
         self.prompt = self.cache = self.logits = self.observed = self.planned = None
 
-    def __call__(self, prompt: torch.Tensor) -> tuple[KVCache, torch.Tensor]:
-        """The filled cache and the last position's logits (B, V). A replay's cache is a view
-        of the graph's own: its slots may be emptied, its tensors must not be written."""
-        if self.graph is not None and self.prompt is not None and prompt.shape == self.prompt.shape:
+    def __call__(
+        self, prompt: torch.Tensor, on_prefill: Callable[[], None] | None = None
+    ) -> tuple[KVCache, torch.Tensor]:
+        """The filled cache and the last position's logits (B, V); ``on_prefill`` is called
+        once the prompt's forward is queued. A replay's cache is a view of the graph's own:
+        its slots may be emptied, its tensors must not be written."""
+        replay = self.graph is not None and self.prompt is not None and prompt.shape == self.prompt.shape
+        if replay:
             self.prompt.copy_(prompt)
             self.graph.replay()
-            self.replayed = True
-            return view_of(self.cache), self.logits
-        return self._eager(prompt)
+            cache, logits = view_of(self.cache), self.logits
+        else:
+            cache, logits = self._eager(prompt)
+        if on_prefill is not None:
+            on_prefill()
+        if replay and not torch.equal(self.observed, self.planned):  # this prompt routes to other shapes
+            self.graph = None
+            cache, logits = self._eager(prompt)
+        if self.pending is not None:
+            self._capture(prompt, self.pending)
+            self.pending = None
+        return cache, logits
 
     def _eager(self, prompt: torch.Tensor) -> tuple[KVCache, torch.Tensor]:
         cache, plan = self.model.new_cache(prompt.shape[0]), WidthPlan()
@@ -214,19 +227,6 @@ class CapturedPrefill:
             logits = self.model(prompt, cache=cache, last_only=True).logits[:, -1]
         self.pending = plan if prompt.is_cuda and prompt.shape == self.seen else None
         self.seen = prompt.shape
-        return cache, logits
-
-    def settle(self, prompt: torch.Tensor, cache: KVCache, logits: torch.Tensor) -> tuple[KVCache, torch.Tensor]:
-        """After the prefill's time was taken: check a replay's widths, capture a pending graph."""
-        if self.replayed:
-            self.replayed = False
-            assert self.observed is not None and self.planned is not None
-            if not torch.equal(self.observed, self.planned):  # this prompt routes to other shapes
-                self.graph = None
-                cache, logits = self._eager(prompt)
-        if self.pending is not None:
-            self._capture(prompt, self.pending)
-            self.pending = None
         return cache, logits
 
     def _capture(self, prompt: torch.Tensor, plan: WidthPlan) -> None:
@@ -469,10 +469,7 @@ class GraphedDecoder:
         """Greedy (or forced) generation of ``new_tokens`` after ``prompt`` (B, P)."""
         nr = self.schedule.num_block_steps
         B, P = prompt.shape
-        cache, first_logits = self.prefill(prompt)  # (B, V)
-        if on_prefill is not None:
-            on_prefill()
-        cache, first_logits = self.prefill.settle(prompt, cache, first_logits)
+        cache, first_logits = self.prefill(prompt, on_prefill)  # (B, V)
         w = self._workload(cache, new_tokens, keep_logits, forced is not None)
         del cache
         if w.forced is not None and forced is not None:

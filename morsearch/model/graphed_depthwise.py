@@ -338,10 +338,7 @@ class GraphedDepthwiseDecoder:
         """Greedy (or forced) generation of ``new_tokens`` after ``prompt`` (B, P)."""
         N = new_tokens
         B, P = prompt.shape
-        cache, logits = self.prefill(prompt)  # (B, V)
-        if on_prefill is not None:
-            on_prefill()
-        cache, logits = self.prefill.settle(prompt, cache, logits)
+        cache, logits = self.prefill(prompt, on_prefill)  # (B, V)
         w = self._workload(cache, N, keep_logits, forced is not None)
         del cache
         w.first_logits.copy_(logits)

@@ -29,7 +29,9 @@ result file is rewritten after every run, so a run cut short keeps what it train
 than one device call runs in several, as long as each run fits one call (a run cut
 short is lost). ``--batch-size`` sets the step of every run, ``--reference-batch-size``
 that of the references alone; each run records its own, and ``--resume`` reuses a run
-only at the same budget, seed and step. At batch 32 the 14 references of 1e15 FLOPs
+only at the same budget, seed and step. It also keeps what the earlier file's ``raw``
+held that the benchmark does not write (a note, kept repeats), listed in
+``carried_from_earlier_file``. At batch 32 the 14 references of 1e15 FLOPs
 need about 15 minutes side by side (17 TFLOP/s in all on an H200), so the 1e14 against
 1e15 rung (``benchmarks/results/proxy_fidelity_1e14.json``) reused the 1e14 proxies of
 the result above and trained the references at batch 128:
@@ -242,20 +244,33 @@ def summarise(
     return raw, targets
 
 
-def finished_runs(path: Path, header: dict[str, Any]) -> list[dict[str, Any]]:
-    """The trained runs of an earlier result file, if it used the same data and training settings.
-
-    Budget and step size are a run's own (``run_key``); a run from before step sizes
-    were recorded took its file's ``batch_size``.
-    """
+def earlier_raw(path: Path, header: dict[str, Any]) -> dict[str, Any]:
+    """The ``raw`` of an earlier result file, if it used the same data and training settings."""
     earlier = json.loads(path.read_text())["raw"]
     per_run = {"value", "batch_size"}
     settings = {k: v for k, v in header["budget"].items() if k not in per_run}
     same_settings = {k: v for k, v in earlier["budget"].items() if k not in per_run} == settings
     if not same_settings or earlier["data"] != header["data"]:
         raise SystemExit(f"{path}: its runs used other training or data settings; --resume needs the same ones")
+    return earlier
+
+
+def finished_runs(earlier: dict[str, Any]) -> list[dict[str, Any]]:
+    """The trained runs of an earlier ``raw``.
+
+    Budget and step size are a run's own (``run_key``); a run from before step sizes
+    were recorded took its file's ``batch_size``.
+    """
     default_batch = earlier["budget"]["batch_size"]
     return [{"batch_size": default_batch, **run} for run in earlier["runs"] if "val_nll" in run]
+
+
+def with_carried(raw: dict[str, Any], earlier: dict[str, Any]) -> dict[str, Any]:
+    """``raw`` plus what the earlier file held that this run does not write (notes, kept repeats), named as such."""
+    carried = {k: v for k, v in earlier.items() if k not in raw and k != "carried_from_earlier_file"}
+    if not carried:
+        return raw
+    return {**raw, **carried, "carried_from_earlier_file": sorted(carried)}
 
 
 def main() -> None:
@@ -336,11 +351,13 @@ def main() -> None:
     result_name = "proxy_fidelity" + ("_cpu" if args.quick else "")
     result_path = out or RESULTS / f"{result_name}.json"
     runs: list[dict[str, Any]] = []
+    earlier: dict[str, Any] = {}
     if args.resume:  # a run cut short by a time limit goes on where it stopped
         if not result_path.exists():  # a mistyped path would silently train the whole plan again
             parser.error(f"--resume: {result_path} does not exist; copy the earlier result there or drop --resume")
+        earlier = earlier_raw(result_path, header)
         planned = {key_of(run_key(job[0], job[2])) for job in work}
-        runs = [r for r in finished_runs(result_path, header) if key_of(r) in planned]
+        runs = [r for r in finished_runs(earlier) if key_of(r) in planned]
         done = {key_of(r) for r in runs}
         work = [job for job in work if key_of(run_key(job[0], job[2])) not in done]
     print(f"{len(work)} runs, {jobs} at a time, P = {base['value']:.3g} FLOPs, reference {args.factor:g} P")
@@ -356,7 +373,7 @@ def main() -> None:
             if not args.quick or out:  # after every run, so a run cut short keeps what it trained
                 raw, targets = summarise(runs, names, budgets, args.factor, args.quick)
                 raw = {**header, **raw, "runs": runs, "wall_seconds": time.perf_counter() - started}
-                write_result(result_name, raw, targets, out=out)
+                write_result(result_name, with_carried(raw, earlier), targets, out=out)
 
     raw, targets = summarise(runs, names, budgets, args.factor, args.quick)
     print(f"\n{'config':30s} {'params':>9s} {'proxy':>8s} {'10x':>8s} rank")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from benchmarks.proxy_fidelity import CONFIGS, summarise
+from benchmarks.proxy_fidelity import CONFIGS, summarise, with_carried
 
 NAMES = list(CONFIGS)[:4]
 BUDGETS = {"reference": 10.0, "proxy_x1": 1.0}
@@ -36,3 +36,14 @@ def test_a_seed_cut_short_keeps_the_means_of_the_seeds_before_it() -> None:
         runs += [run(name, 1.0, 2, 2.0 + rank)] + ([run(name, 10.0, 2, 1.0 + rank)] if rank >= 2 else [])
     raw, _ = summarise(runs, NAMES, BUDGETS, 10.0, quick=True)
     assert raw["seed_mean_agreement"]["proxy_x1"]["seeds"] == 3
+
+
+def test_a_resumed_file_keeps_what_the_benchmark_does_not_write_and_names_it():
+    earlier = {"budget": {}, "runs": [], "note": "by hand", "repeat_runs": [{"name": "a"}], "table": ["stale"]}
+    raw = {"budget": {}, "runs": [{"name": "b"}], "table": ["new"]}
+    kept = with_carried(raw, earlier)
+    assert kept["note"] == "by hand" and kept["repeat_runs"] == [{"name": "a"}]
+    assert kept["table"] == ["new"] and kept["runs"] == [{"name": "b"}]  # what this run writes wins
+    assert kept["carried_from_earlier_file"] == ["note", "repeat_runs"]
+    assert with_carried(raw, {}) == raw
+    assert with_carried(kept, kept) == kept  # resuming the resumed file again carries nothing twice

@@ -12,6 +12,10 @@ One model is measured (``measure()``, the search's defaults) in one run:
     shared     while ``--trainers`` worker processes train proxies on the device
     isolated   the same, inside ``device_share.measuring_alone`` as the search's
                objective does: the trainers pause at their next batch until it is done
+    starting   isolated too, but while the trainers start (imports, CUDA contexts, data,
+               model building: work outside the device locks), from their launch until
+               each has trained a batch; in the paper-space sampler run, 12 of 14
+               outlying throughput measurements came from the searches' first minutes
 
 Target (issue 4's repeatability, applied to a shared device): the isolated measurement's
 decode tokens/s within 3 % of the alone median. The shared one is reported beside it, as
@@ -29,12 +33,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from benchmarks.common import target, write_result
 from morsearch.config import DataConfig, DeploymentTarget, ModelConfig, TrainBudget
-from morsearch.measure import measure
-from morsearch.search.device_share import measuring_alone
+
+# torch, Lightning and the harness are imported inside the functions: a spawned trainer
+# imports this module first, and its heavy imports must happen under its CPU work lock
+# (run_trainer), as a search worker's do, or the `starting` measurements would see them.
 
 MODEL = dict(vocab_size=8192, d_model=512, num_heads=8, num_kv_heads=4, ffn_dim=1408, num_layers=14,
              max_seq_len=512, num_recursions=3, sharing="middle_cycle", router="expert_choice")  # fmt: skip
@@ -45,11 +49,14 @@ QUICK_MODEL = dict(vocab_size=256, d_model=64, num_heads=4, num_kv_heads=2, ffn_
 
 
 def run_trainer(seconds: float, quick: bool, device: str, started: Any, steps: Any) -> None:
-    """One worker's training, on the shared device, marking its batches as work (the search's callback)."""
-    import pytorch_lightning as pl
+    """One worker's training on the shared device, holding its locks as the search's objective does."""
+    from morsearch.search.device_locks import host_work
 
-    from morsearch.search.device_share import SharedDeviceCallback
-    from morsearch.train import run_proxy
+    with host_work():  # the imports, as SearchObjective does
+        import pytorch_lightning as pl
+
+        from morsearch.search.device_share import SharedDeviceCallback
+        from morsearch.train import run_proxy
 
     class Count(pl.Callback):
         def on_train_batch_end(self, *_args: Any) -> None:
@@ -60,10 +67,17 @@ def run_trainer(seconds: float, quick: bool, device: str, started: Any, steps: A
     model = ModelConfig(**(QUICK_MODEL if quick else TRAINER_MODEL))
     budget = TrainBudget(kind="seconds", value=seconds, batch_size=8 if quick else 32, seq_len=32 if quick else 256)
     data = DataConfig(source="builtin", builtin_tokens=200_000 if quick else 5_000_000)
-    run_proxy(model, budget, data, device=device, callbacks=[SharedDeviceCallback(device), Count()])
+    sharing = SharedDeviceCallback(device, from_start=True)  # the set-up until the first batch, as in a trial
+    try:
+        run_proxy(model, budget, data, device=device, callbacks=[sharing, Count()])
+    finally:
+        sharing.release()
 
 
 def decode_rate(model: ModelConfig, deployment: DeploymentTarget, isolated: bool) -> dict[str, float]:
+    from morsearch.measure import measure
+    from morsearch.search.device_share import measuring_alone
+
     with measuring_alone(deployment) if isolated else contextlib.nullcontext():
         result = measure(model, deployment)
     return {"decode_tokens_per_s": result.decode_tokens_per_s, "decode_cv": result.decode_cv}
@@ -76,6 +90,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="shared and isolated measurements each")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
+    import torch
+
     device = "cuda" if torch.cuda.is_available() else "cpu"
     trainers = args.trainers or (1 if args.quick else 4)
     model = ModelConfig(**(QUICK_MODEL if args.quick else MODEL))
@@ -94,9 +110,12 @@ def main() -> None:
     for worker in workers:
         worker.start()
     try:
-        for event in started:
-            if not event.wait(300):
+        starting = []
+        deadline = time.perf_counter() + 300
+        while not all(event.is_set() for event in started):
+            if time.perf_counter() > deadline:
                 raise SystemExit("a training worker did not start its first batch within 300 s")
+            starting.append(decode_rate(model, deployment, isolated=True))
         time.sleep(2.0)  # every trainer in its stride
         window_start, steps_before = time.perf_counter(), steps.value
         time.sleep(5.0)
@@ -117,7 +136,8 @@ def main() -> None:
     alone_rates = [r["decode_tokens_per_s"] for r in alone]
     ratio = {
         name: statistics.median(r["decode_tokens_per_s"] for r in runs) / anchor
-        for name, runs in (("shared", shared), ("isolated", isolated))
+        for name, runs in (("shared", shared), ("isolated", isolated), ("starting", starting))
+        if runs
     }
     raw = {
         "model": model.model_dump(mode="json"),
@@ -126,6 +146,10 @@ def main() -> None:
         "alone": alone,
         "shared": shared,
         "isolated": isolated,
+        "starting": starting,
+        "starting_furthest_from_alone": max(
+            (abs(r["decode_tokens_per_s"] / anchor - 1) for r in starting), default=None
+        ),
         "decode_vs_alone": ratio,
         "alone_spread": (max(alone_rates) - min(alone_rates)) / anchor,
         "trainer_steps_per_s": {"before": free_rate, "while_measuring": measuring_rate},

@@ -41,7 +41,7 @@ def _private_device_locks(tmp_path_factory):
     """The workers of this test run coordinate through their own lock folder, not the machine's."""
     import os
 
-    from morsearch.search.device_share import LOCK_DIR_ENV
+    from morsearch.search.device_locks import LOCK_DIR_ENV
 
     previous = os.environ.get(LOCK_DIR_ENV)
     os.environ[LOCK_DIR_ENV] = str(tmp_path_factory.mktemp("device-locks"))

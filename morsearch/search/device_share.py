@@ -22,17 +22,20 @@ the CPU by ``cpu``. Training on a GPU also counts as work on the CPU, whose core
 launch its kernels, so a CPU measurement (an edge target) waits for every worker of
 the machine, a GPU measurement only for those on its GPU. Where ``fcntl`` is missing
 (Windows) nothing is coordinated.
+
+Work that is not a batch counts too where it is long: a trial's set-up (data, the
+model on its device, the trainer's own set-up) holds the locks until its first batch
+ends (``SharedDeviceCallback(from_start=True)``), and a worker's imports of torch and
+Lightning hold the CPU's (``device_locks.host_work``). On a 2-core CPU, a measurement
+taken while another worker started read 0.26x of its rate alone
+(``benchmarks/measurement_isolation.py``, its ``starting`` measurements).
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import re
-import tempfile
-import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -40,23 +43,8 @@ import torch
 
 from morsearch.config import DeploymentTarget
 from morsearch.measure.harness import resolve_device as target_device
+from morsearch.search.device_locks import DeviceLock
 from morsearch.train.proxy import resolve_device as train_device
-
-try:
-    import fcntl
-except ImportError:  # Windows: no flock
-    fcntl = None  # type: ignore[assignment]
-
-# One folder per machine (and user); MORSEARCH_LOCK_DIR moves it, e.g. for tests.
-LOCK_DIR_ENV = "MORSEARCH_LOCK_DIR"
-
-
-def lock_dir() -> Path:
-    user = getattr(os, "getuid", lambda: "")()
-    folder = os.environ.get(LOCK_DIR_ENV) or Path(tempfile.gettempdir()) / f"morsearch-devices-{user}"
-    path = Path(folder)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def device_key(device: str | torch.device | None) -> str:
@@ -66,66 +54,6 @@ def device_key(device: str | torch.device | None) -> str:
         return device.type
     index = torch.cuda.current_device() if device.index is None else device.index
     return "cuda-" + re.sub(r"[^0-9A-Za-z-]", "", str(torch.cuda.get_device_properties(index).uuid))
-
-
-class DeviceLock:
-    """The gate and busy locks of one device (module docstring); not shared between threads.
-
-    ``waited_seconds`` adds up the time spent waiting for the locks: time this holder's
-    trial spent on no device because another worker had it (a measurement, or the
-    batches a measurement waits for), which is not the trial's own device time.
-    """
-
-    def __init__(self, key: str, folder: Path | None = None) -> None:
-        self.key = key
-        folder = folder or lock_dir()
-        self._paths = {name: folder / f"{key}.{name}.lock" for name in ("gate", "busy")}
-        self._files: dict[str, Any] = {}
-        self.waited_seconds = 0.0
-
-    def _flock(self, name: str, operation: int) -> None:
-        if fcntl is None:
-            return
-        if name not in self._files:
-            self._files[name] = open(self._paths[name], "a+b")  # noqa: SIM115 (kept open: flock lives on the fd)
-        fcntl.flock(self._files[name].fileno(), operation)
-
-    def begin_work(self) -> None:
-        """Hold the device shared for one batch; waits while a measurement holds or awaits it."""
-        if fcntl is None:
-            return
-        asked = time.perf_counter()
-        self._flock("gate", fcntl.LOCK_SH)
-        self._flock("gate", fcntl.LOCK_UN)
-        self._flock("busy", fcntl.LOCK_SH)
-        self.waited_seconds += time.perf_counter() - asked
-
-    def end_work(self) -> None:
-        if fcntl is not None:
-            self._flock("busy", fcntl.LOCK_UN)
-
-    @contextlib.contextmanager
-    def exclusive(self) -> Iterator[None]:
-        """Have the device alone: no batch of another worker runs on it meanwhile."""
-        if fcntl is None:
-            yield
-            return
-        asked = time.perf_counter()
-        self._flock("gate", fcntl.LOCK_EX)
-        try:
-            self._flock("busy", fcntl.LOCK_EX)
-            self.waited_seconds += time.perf_counter() - asked
-            try:
-                yield
-            finally:
-                self._flock("busy", fcntl.LOCK_UN)
-        finally:
-            self._flock("gate", fcntl.LOCK_UN)
-
-    def close(self) -> None:
-        for handle in self._files.values():
-            handle.close()  # closing drops any lock still held
-        self._files.clear()
 
 
 @contextlib.contextmanager
@@ -152,11 +80,20 @@ class SharedDeviceCallback(pl.Callback):
 
     Every batch takes its locks in the same order and a measurement holds one device's
     locks only, so no set of workers can deadlock.
+
+    Args:
+        device: The training device.
+        from_start: Hold the locks from now until the end of the first batch, so that
+            the run's set-up (data, model on the device, the trainer's own set-up) counts
+            as work too; the caller then calls ``release`` when the run is over, as a run
+            that fails before its first batch never reaches the trainer's teardown.
     """
 
-    def __init__(self, device: str | torch.device | None) -> None:
+    def __init__(self, device: str | torch.device | None, *, from_start: bool = False) -> None:
         self.locks = work_locks(device)
         self._held = False
+        if from_start:
+            self._begin()
 
     @property
     def waited_seconds(self) -> float:
@@ -164,6 +101,8 @@ class SharedDeviceCallback(pl.Callback):
         return sum(lock.waited_seconds for lock in self.locks)
 
     def _begin(self) -> None:
+        if self._held:  # still held from the start: passing the gate now could deadlock with a measurement
+            return
         for lock in self.locks:
             lock.begin_work()
         self._held = True
@@ -204,6 +143,10 @@ class SharedDeviceCallback(pl.Callback):
         self._end()
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self.release()
+
+    def release(self) -> None:
+        """Drop whatever is still held and close the lock files (safe to call again)."""
         self._end()
         for lock in self.locks:
             lock.close()

@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
     from morsearch.measure import Measurement
+    from morsearch.search.device_locks import DeviceLock
     from morsearch.train import ProxyResult
 
 
@@ -124,8 +125,11 @@ class SearchObjective:
         measure: Callable[..., Measurement] | None = None,
     ) -> None:
         if train is None or measure is None:
-            from morsearch.measure import measure as measure_model
-            from morsearch.train import run_proxy
+            from morsearch.search.device_locks import host_work
+
+            with host_work():  # seconds of CPU: a CPU measurement of another worker waits for them
+                from morsearch.measure import measure as measure_model
+                from morsearch.train import run_proxy
 
             train, measure = train or run_proxy, measure or measure_model
         self.space, self.study, self.engine = space, study, engine
@@ -169,8 +173,9 @@ class SearchObjective:
         from morsearch.search import device_share  # loads torch and Lightning, once a trial trains
 
         pruner = self._pruner(trial, spec)
-        sharing = device_share.SharedDeviceCallback(self.device)
-        alone: device_share.DeviceLock | None = None
+        # the set-up before the first batch (data, model, trainer) is work on the device too
+        sharing = device_share.SharedDeviceCallback(self.device, from_start=True)
+        alone: DeviceLock | None = None
 
         def waited() -> float:  # on other workers' use of the device: not this trial's device time
             return sharing.waited_seconds + (alone.waited_seconds if alone is not None else 0.0)
@@ -184,6 +189,7 @@ class SearchObjective:
                 device=self.device,
                 callbacks=[sharing],
             )
+            sharing.release()  # a training that never ran a batch still holds them; the measurement needs none
             if self.stop.event.is_set() and result.stopped_early:
                 raise TrialInterrupted
             measurement = None
@@ -194,6 +200,8 @@ class SearchObjective:
             raise
         except Exception as exc:  # a trial's failure is a result: record why, the worker goes on
             return self._failed(base, exc, clock, waited())
+        finally:
+            sharing.release()
         return self._finished(trial, spec, base, result, measurement, clock, waited())
 
     # --- the pieces ---------------------------------------------------------------------------

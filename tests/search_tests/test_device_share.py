@@ -16,7 +16,8 @@ from optuna.trial import TrialState
 
 from morsearch.config import DeploymentTarget
 from morsearch.measure import measure
-from morsearch.search.device_share import LOCK_DIR_ENV, DeviceLock, SharedDeviceCallback, device_key
+from morsearch.search.device_locks import LOCK_DIR_ENV, DeviceLock, host_work
+from morsearch.search.device_share import SharedDeviceCallback, device_key
 from morsearch.search.objective import SearchObjective
 from morsearch.search.worker import Worker
 from morsearch.train import run_proxy
@@ -151,6 +152,52 @@ def test_every_training_batch_holds_its_device(tmp_path: Path, monkeypatch) -> N
     assert not busy_taken(tmp_path, "cpu")  # nothing left held after the run
 
 
+@pytest.mark.parametrize("from_start", [False, True])
+def test_a_run_s_set_up_holds_its_device_only_when_asked(tmp_path: Path, monkeypatch, from_start: bool) -> None:
+    monkeypatch.setenv(LOCK_DIR_ENV, str(tmp_path))
+    seen: list[bool] = []
+
+    class Probe(pl.Callback):  # the trainer's set-up is over, no batch has run yet
+        def on_fit_start(self, *_args) -> None:
+            seen.append(busy_taken(tmp_path, "cpu"))
+
+    sharing = SharedDeviceCallback("cpu", from_start=from_start)
+    assert busy_taken(tmp_path, "cpu") == from_start  # before the data and the model are built
+    run_proxy(tiny_mor(), steps_budget(2), DATA, device="cpu", callbacks=[sharing, Probe()])
+    assert seen == [from_start]
+    assert not busy_taken(tmp_path, "cpu")
+
+
+def test_a_set_up_that_fails_before_any_batch_frees_the_device(one_trial_search) -> None:
+    space, rdb, engine, study = one_trial_search
+    lock_folder = Path(os.environ[LOCK_DIR_ENV])
+
+    def fail_while_building(*_args, **_kwargs):
+        assert busy_taken(lock_folder, "cpu")  # the set-up holds the device
+        raise RuntimeError("the model did not build")
+
+    Worker(study, rdb, engine, SearchObjective(space, study, engine, train=fail_while_building), 1).run()
+    (trial,) = study.get_trials(deepcopy=False)
+    assert trial.state == TrialState.FAIL and "did not build" in trial.user_attrs["failure_detail"]
+    assert not busy_taken(lock_folder, "cpu")
+
+
+def test_host_work_keeps_a_measurement_of_its_device_waiting(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv(LOCK_DIR_ENV, str(tmp_path))
+    measurement = DeviceLock("cpu", tmp_path)
+
+    def measure_once() -> None:
+        with measurement.exclusive():
+            pass
+
+    with host_work():
+        thread, measured = start(measure_once)
+        assert not measured.wait(WAIT)
+    assert measured.wait(5)
+    thread.join()
+    measurement.close()
+
+
 @pytest.fixture
 def one_trial_search(tmp_path: Path, monkeypatch):
     """(space, storage, engine, study) of a one-trial tiny search, its device locks in ``tmp_path``."""
@@ -225,18 +272,15 @@ def test_a_trial_s_device_seconds_leave_out_its_waits_for_a_measurement(one_tria
     other_worker = DeviceLock("cpu")
     measuring = threading.Event()
 
-    def train_beside_a_measurement(*args, **kwargs):
-        def measure_for_a_while() -> None:
-            with other_worker.exclusive():
-                measuring.set()
-                time.sleep(2 * WAIT)
+    def measure_for_a_while() -> None:
+        with other_worker.exclusive():
+            measuring.set()
+            time.sleep(3 * WAIT)
 
-        start(measure_for_a_while)
-        assert measuring.wait(5)
-        return run_proxy(*args, **kwargs)  # its first batch waits for that measurement
-
-    objective = SearchObjective(space, study, engine, train=train_beside_a_measurement)
-    Worker(study, rdb, engine, objective, 1).run()
+    objective = SearchObjective(space, study, engine)
+    start(measure_for_a_while)
+    assert measuring.wait(5)
+    Worker(study, rdb, engine, objective, 1).run()  # the trial's set-up waits for that measurement
     (trial,) = study.get_trials(deepcopy=False)
     assert trial.state == TrialState.COMPLETE, trial.user_attrs.get("failure_detail")
     (record,) = store.read_trials(engine, "tiny")

@@ -12,10 +12,11 @@ One model is measured (``measure()``, the search's defaults) in one run:
     shared     while ``--trainers`` worker processes train proxies on the device
     isolated   the same, inside ``device_share.measuring_alone`` as the search's
                objective does: the trainers pause at their next batch until it is done
-    starting   isolated too, but while the trainers start (imports, CUDA contexts, data,
-               model building: work outside the device locks), from their launch until
-               each has trained a batch; in the paper-space sampler run, 12 of 14
-               outlying throughput measurements came from the searches' first minutes
+    starting   isolated too, but while the trainers start (imports, data, model
+               building, the trainer's set-up), from their launch until each has
+               trained a batch: the trainers hold their locks for that as a search's
+               workers do (``host_work``, ``from_start``); without that, on a 2-core
+               CPU these read 0.26x alone
 
 Target (issue 4's repeatability, applied to a shared device): the isolated measurement's
 decode tokens/s within 3 % of the alone median. The shared one is reported beside it, as

@@ -1,4 +1,4 @@
-"""The advisory file locks through which workers share a device (docs in ``device_share``).
+"""The advisory file locks through which workers share a device (the protocol: ``device_share``'s docstring).
 
 Kept apart from ``device_share`` because it needs neither torch nor Lightning: a worker
 takes the CPU's work lock around its own imports of them (``host_work``), which on a
@@ -33,7 +33,7 @@ def lock_dir() -> Path:
 
 
 class DeviceLock:
-    """The gate and busy locks of one device (module docstring); not shared between threads.
+    """The gate and busy locks of one device (``device_share``'s docstring); not shared between threads.
 
     ``waited_seconds`` adds up the time spent waiting for the locks: time this holder's
     trial spent on no device because another worker had it (a measurement, or the

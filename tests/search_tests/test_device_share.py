@@ -275,7 +275,7 @@ def test_a_trial_s_device_seconds_leave_out_its_waits_for_a_measurement(one_tria
     def measure_for_a_while() -> None:
         with other_worker.exclusive():
             measuring.set()
-            time.sleep(3 * WAIT)
+            time.sleep(6 * WAIT)  # past the worker's ask and suggest, so that its set-up waits
 
     objective = SearchObjective(space, study, engine)
     start(measure_for_a_while)

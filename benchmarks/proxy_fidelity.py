@@ -19,6 +19,11 @@ result: 1e13, 3e13 and 1e14 FLOPs, two seeds, 229 s) gave tau 0.52 (1e13 vs 1e14
 (3e13 vs 1e14), with seed-to-seed agreement 0.71, 0.71 and 0.87 at the three budgets: below
 1e14 no proxy can reach 0.8, since it does not even agree with itself (docs/DATA.md).
 
+``--configs space`` replaces the 14 curated configurations, which share one width,
+with 14 drawn at random from ``search_spaces/paper.yaml`` by the search's own sampling
+(4M-40M unique parameters, 14-28 layers): the spread of sizes and designs a search
+ranks, where most of the curated set lies within one reference's noise at 1e15.
+
 ``--seeds 2`` trains every run again with another training seed and reports tau between
 the two seeds at each budget (``seed_agreement``): the ceiling that any proxy's tau meets,
 since two equally good measurements of one ranking disagree that much.
@@ -108,6 +113,50 @@ def model_fields(name: str, quick: bool) -> dict[str, Any]:
     return fields
 
 
+def paper_space_configs(count: int, seed: int = 0) -> dict[str, dict[str, Any]]:
+    """``count`` distinct model configurations drawn at random from ``search_spaces/paper.yaml``.
+
+    The draw is the search's own (``suggest`` under Optuna's RandomSampler), caps
+    included, so it spans the space's sizes (4M-40M unique parameters) as well as its
+    design choices: the spread a search ranks, where the curated set holds one width.
+    """
+    import optuna
+
+    from morsearch.errors import ConfigError
+    from morsearch.search.distributions import suggest, violates_caps
+    from morsearch.search.space import load_search_space
+
+    space = load_search_space(Path(__file__).parents[1] / "search_spaces" / "paper.yaml")
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "study created" line for a scratch study
+    try:
+        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+    configs: dict[str, dict[str, Any]] = {}
+    seen: set[str] = set()
+    while len(configs) < count:
+        trial = study.ask()
+        try:
+            spec = suggest(trial, space)
+        except ConfigError:
+            spec = None
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)  # only the draws matter, not the study
+        if spec is None or violates_caps(spec, space) or spec.fingerprint() in seen:
+            continue
+        seen.add(spec.fingerprint())
+        model = spec.model
+        if model.num_recursions == 1:
+            kind = "vanilla"
+        else:
+            family = {"none": "recursive", "expert_choice": "mor-ec", "token_choice": "mor-tc"}[model.router]
+            kind = f"{family}-{model.sharing}-nr{model.num_recursions}"
+            kind += "-kvshare" if model.kv_strategy == "recursive_sharing" else ""
+        name = f"{len(configs):02d}-{kind}-L{model.num_layers}-{model.unique_parameters() / 1e6:.1f}M"
+        configs[name] = model.model_dump(mode="json")
+    return configs
+
+
 def train_one(job: tuple[str, dict[str, Any], dict[str, Any], int]) -> dict[str, Any]:
     """One run in a worker process: returns the numbers the table needs."""
     import torch
@@ -156,9 +205,12 @@ def rank_agreement(proxy: dict[str, float], reference: dict[str, float]) -> dict
 
 
 def summarise(
-    runs: list[dict[str, Any]], names: list[str], budgets: dict[str, float], factor: float, quick: bool
+    runs: list[dict[str, Any]], configs: dict[str, dict[str, Any]], budgets: dict[str, float], factor: float
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The agreement of the rankings (seed 0) and, with several seeds, the noise ceiling; the targets."""
+    """The agreement of the rankings (seed 0) and, with several seeds, the noise ceiling; the targets.
+
+    ``configs``: each planned configuration's model fields, by name.
+    """
     flops = sorted(set(budgets.values()))
     base = budgets["proxy_x1"]
 
@@ -181,9 +233,9 @@ def summarise(
             "reference_nll": nll["reference"][n],
             "proxy_rank": proxy_rank.get(n),
             "reference_rank": reference_rank[n],
-            "config": model_fields(n, quick),
+            "config": fields,
         }
-        for n in names
+        for n, fields in configs.items()
         if n in nll["reference"]
     ]
     # every budget against every larger one: where along the ladder does a ranking start to hold?
@@ -277,6 +329,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny CPU smoke run; result not written")
     parser.add_argument("--all-configs", action="store_true", help="with --quick: all 14 configs, tiny widths")
+    parser.add_argument(
+        "--configs",
+        choices=("curated", "space"),
+        default="curated",
+        help="the 14 hand-picked configs of one width, or 14 drawn from search_spaces/paper.yaml (its sizes too)",
+    )
     parser.add_argument("--proxy-flops", type=float, default=None, help="proxy budget P (training FLOPs)")
     parser.add_argument("--factor", type=float, default=10.0, help="reference budget = factor x P")
     parser.add_argument(
@@ -305,6 +363,8 @@ def main() -> None:
     for flag, value in (("--batch-size", args.batch_size), ("--reference-batch-size", args.reference_batch_size)):
         if value is not None and value < 1:
             parser.error(f"{flag} {value}: give at least 1")
+    if args.quick and args.configs == "space":
+        parser.error("--configs space: the paper space's models are GPU-sized; drop --quick")
     if args.quick:
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
     import torch
@@ -316,7 +376,11 @@ def main() -> None:
         base["value"] = args.proxy_flops
     if args.batch_size:
         base["batch_size"] = args.batch_size
-    names = QUICK_CONFIGS if args.quick and not args.all_configs else list(CONFIGS)
+    if args.configs == "space":
+        configs = paper_space_configs(len(CONFIGS))
+    else:
+        names = QUICK_CONFIGS if args.quick and not args.all_configs else list(CONFIGS)
+        configs = {name: model_fields(name, args.quick) for name in names}
     multipliers = sorted({1.0, *(args.multipliers or ([] if args.quick else [3.0]))})
     budgets = {"reference": base["value"] * args.factor} | {f"proxy_x{m:g}": base["value"] * m for m in multipliers}
     flops = sorted(set(budgets.values()))
@@ -330,13 +394,13 @@ def main() -> None:
     work = [
         (
             name,
-            model_fields(name, args.quick),
+            fields,
             {**base, "value": value, "seed": seed, "batch_size": batch_at(value)},
             builtin_tokens,
         )
         for value in reversed(flops)  # longest first: better packing
         for seed in range(args.seeds)
-        for name in names
+        for name, fields in configs.items()
     ]
     header = {
         "proxy_flops": base["value"],
@@ -346,6 +410,7 @@ def main() -> None:
         "data": {"source": "builtin", "builtin_tokens": builtin_tokens},
         "jobs": jobs,
         "seeds": args.seeds,
+        "configs": args.configs,
     }
     out = args.out
     result_name = "proxy_fidelity" + ("_cpu" if args.quick else "")
@@ -371,11 +436,11 @@ def main() -> None:
             shown = f"{run['val_nll']:.4f} nll, {run['tokens']:,} tokens" if "val_nll" in run else run["error"]
             print(f"  {run['name']:30s} {run['flops']:.3g} FLOPs seed {run['seed']}: {shown}")
             if not args.quick or out:  # after every run, so a run cut short keeps what it trained
-                raw, targets = summarise(runs, names, budgets, args.factor, args.quick)
+                raw, targets = summarise(runs, configs, budgets, args.factor)
                 raw = {**header, **raw, "runs": runs, "wall_seconds": time.perf_counter() - started}
                 write_result(result_name, with_carried(raw, earlier), targets, out=out)
 
-    raw, targets = summarise(runs, names, budgets, args.factor, args.quick)
+    raw, targets = summarise(runs, configs, budgets, args.factor)
     print(f"\n{'config':30s} {'params':>9s} {'proxy':>8s} {'10x':>8s} rank")
     for row in sorted(raw["table"], key=lambda r: r["reference_rank"]):
         print(

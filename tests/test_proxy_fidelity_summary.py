@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from benchmarks.proxy_fidelity import CONFIGS, summarise, with_carried
+from benchmarks.proxy_fidelity import CONFIGS, model_fields, paper_space_configs, summarise, with_carried
 
 NAMES = list(CONFIGS)[:4]
+PLAN = {name: model_fields(name, quick=True) for name in NAMES}
 BUDGETS = {"reference": 10.0, "proxy_x1": 1.0}
 
 
@@ -21,20 +22,20 @@ def two_seeds() -> list[dict]:
 
 
 def test_seed_means_use_every_seed_that_the_configs_have() -> None:
-    raw, _ = summarise(two_seeds(), NAMES, BUDGETS, 10.0, quick=True)
+    raw, _ = summarise(two_seeds(), PLAN, BUDGETS, 10.0)
     assert raw["seed_mean_agreement"]["proxy_x1"] == {"seeds": 2, "configs": 4, "kendall_tau": 1.0, "spearman_rho": 1.0}
 
 
 def test_a_seed_cut_short_keeps_the_means_of_the_seeds_before_it() -> None:
     # seed 2: two references trained, no proxy yet (a resumed run cut at its time limit)
     runs = two_seeds() + [run(NAMES[0], 10.0, 2, 9.0), run(NAMES[1], 10.0, 2, 0.5)]
-    raw, _ = summarise(runs, NAMES, BUDGETS, 10.0, quick=True)
+    raw, _ = summarise(runs, PLAN, BUDGETS, 10.0)
     assert raw["seed_mean_agreement"]["proxy_x1"]["seeds"] == 2
     assert raw["seed_mean_agreement"]["proxy_x1"]["configs"] == 4
     # with every seed-2 run in, the means take three seeds
     for rank, name in enumerate(NAMES):
         runs += [run(name, 1.0, 2, 2.0 + rank)] + ([run(name, 10.0, 2, 1.0 + rank)] if rank >= 2 else [])
-    raw, _ = summarise(runs, NAMES, BUDGETS, 10.0, quick=True)
+    raw, _ = summarise(runs, PLAN, BUDGETS, 10.0)
     assert raw["seed_mean_agreement"]["proxy_x1"]["seeds"] == 3
 
 
@@ -47,3 +48,15 @@ def test_a_resumed_file_keeps_what_the_benchmark_does_not_write_and_names_it():
     assert kept["carried_from_earlier_file"] == ["note", "repeat_runs"]
     assert with_carried(raw, {}) == raw
     assert with_carried(kept, kept) == kept  # resuming the resumed file again carries nothing twice
+
+
+def test_configs_drawn_from_the_paper_space_are_distinct_valid_models_across_its_sizes():
+    from morsearch.config import ModelConfig
+
+    configs = paper_space_configs(14)
+    assert paper_space_configs(14) == configs  # the same draw every time: --resume finds its runs by name
+    models = [ModelConfig(**fields) for fields in configs.values()]
+    assert len({m.model_dump_json() for m in models}) == 14
+    sizes = [m.unique_parameters() for m in models]
+    assert all(3.5e6 <= n <= 40e6 for n in sizes) and max(sizes) > 3 * min(sizes)
+    assert {m.num_recursions for m in models} > {1}  # not only vanilla

@@ -304,6 +304,10 @@ def earlier_raw(path: Path, header: dict[str, Any]) -> dict[str, Any]:
     same_settings = {k: v for k, v in earlier["budget"].items() if k not in per_run} == settings
     if not same_settings or earlier["data"] != header["data"]:
         raise SystemExit(f"{path}: its runs used other training or data settings; --resume needs the same ones")
+    if earlier.get("configs", "curated") != header["configs"]:  # files from before --configs are curated
+        raise SystemExit(
+            f"{path}: its configurations are --configs {earlier.get('configs', 'curated')}; resume with that"
+        )
     return earlier
 
 
@@ -413,7 +417,7 @@ def main() -> None:
         "configs": args.configs,
     }
     out = args.out
-    result_name = "proxy_fidelity" + ("_cpu" if args.quick else "")
+    result_name = "proxy_fidelity" + ("_cpu" if args.quick else "") + ("_space" if args.configs == "space" else "")
     result_path = out or RESULTS / f"{result_name}.json"
     runs: list[dict[str, Any]] = []
     earlier: dict[str, Any] = {}

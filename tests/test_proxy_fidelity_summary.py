@@ -1,8 +1,20 @@
-"""proxy_fidelity's seed means: a new seed that only some runs reached keeps the means of the seeds before it."""
+"""proxy_fidelity: seed means of a cut run, what --resume keeps and refuses, configurations drawn from the paper space."""
 
 from __future__ import annotations
 
-from benchmarks.proxy_fidelity import CONFIGS, model_fields, paper_space_configs, summarise, with_carried
+import json
+
+import pytest
+
+from benchmarks.proxy_fidelity import (
+    CONFIGS,
+    earlier_raw,
+    model_fields,
+    paper_space_configs,
+    summarise,
+    with_carried,
+)
+from morsearch.config import ModelConfig
 
 NAMES = list(CONFIGS)[:4]
 PLAN = {name: model_fields(name, quick=True) for name in NAMES}
@@ -51,8 +63,6 @@ def test_a_resumed_file_keeps_what_the_benchmark_does_not_write_and_names_it():
 
 
 def test_configs_drawn_from_the_paper_space_are_distinct_valid_models_across_its_sizes():
-    from morsearch.config import ModelConfig
-
     configs = paper_space_configs(14)
     assert paper_space_configs(14) == configs  # the same draw every time: --resume finds its runs by name
     models = [ModelConfig(**fields) for fields in configs.values()]
@@ -60,3 +70,12 @@ def test_configs_drawn_from_the_paper_space_are_distinct_valid_models_across_its
     sizes = [m.unique_parameters() for m in models]
     assert all(3.5e6 <= n <= 40e6 for n in sizes) and max(sizes) > 3 * min(sizes)
     assert {m.num_recursions for m in models} > {1}  # not only vanilla
+
+
+def test_resume_refuses_a_file_of_the_other_configuration_set(tmp_path):
+    header = {"budget": {"kind": "flops", "value": 1.0, "batch_size": 8}, "data": {"source": "builtin"}}
+    path = tmp_path / "earlier.json"
+    path.write_text(json.dumps({"raw": {**header, "runs": []}}))  # written before --configs existed: curated
+    assert earlier_raw(path, {**header, "configs": "curated"})["runs"] == []
+    with pytest.raises(SystemExit, match="--configs curated"):
+        earlier_raw(path, {**header, "configs": "space"})

@@ -1,4 +1,4 @@
-"""proxy_fidelity: seed means of a cut run, what --resume keeps and refuses, configurations drawn from the paper space."""
+"""proxy_fidelity: seed means of a cut run, what --resume keeps and refuses, the paper space's draw."""
 
 from __future__ import annotations
 

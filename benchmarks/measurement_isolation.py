@@ -69,10 +69,8 @@ def run_trainer(seconds: float, quick: bool, device: str, started: Any, steps: A
     budget = TrainBudget(kind="seconds", value=seconds, batch_size=8 if quick else 32, seq_len=32 if quick else 256)
     data = DataConfig(source="builtin", builtin_tokens=200_000 if quick else 5_000_000)
     sharing = SharedDeviceCallback(device, from_start=True)  # the set-up until the first batch, as in a trial
-    try:
+    with contextlib.closing(sharing):
         run_proxy(model, budget, data, device=device, callbacks=[sharing, Count()])
-    finally:
-        sharing.release()
 
 
 def decode_rate(model: ModelConfig, deployment: DeploymentTarget, isolated: bool) -> dict[str, float]:

@@ -85,8 +85,9 @@ class SharedDeviceCallback(pl.Callback):
         device: The training device.
         from_start: Hold the locks from now until the end of the first batch, so that
             the run's set-up (data, model on the device, the trainer's own set-up) counts
-            as work too; the caller then calls ``release`` when the run is over, as a run
-            that fails before its first batch never reaches the trainer's teardown.
+            as work too; the caller then closes it when the run is over
+            (``contextlib.closing``), as a run that fails before its first batch never
+            reaches the trainer's teardown.
     """
 
     def __init__(self, device: str | torch.device | None, *, from_start: bool = False) -> None:
@@ -143,9 +144,9 @@ class SharedDeviceCallback(pl.Callback):
         self._end()
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self.release()
+        self.close()
 
-    def release(self) -> None:
+    def close(self) -> None:
         """Drop whatever is still held and close the lock files (safe to call again)."""
         self._end()
         for lock in self.locks:

@@ -19,6 +19,7 @@ routing, phase timings, hardware, versions, failure reason) to the store.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import platform
 import sys
@@ -181,15 +182,15 @@ class SearchObjective:
             return sharing.waited_seconds + (alone.waited_seconds if alone is not None else 0.0)
 
         try:
-            result = self.train(
-                spec.model,
-                spec.budget,
-                spec.data,
-                on_eval=self._on_eval(pruner),
-                device=self.device,
-                callbacks=[sharing],
-            )
-            sharing.release()  # a training that never ran a batch still holds them; the measurement needs none
+            with contextlib.closing(sharing):  # released before measuring, also after a failed set-up
+                result = self.train(
+                    spec.model,
+                    spec.budget,
+                    spec.data,
+                    on_eval=self._on_eval(pruner),
+                    device=self.device,
+                    callbacks=[sharing],
+                )
             if self.stop.event.is_set() and result.stopped_early:
                 raise TrialInterrupted
             measurement = None
@@ -200,8 +201,6 @@ class SearchObjective:
             raise
         except Exception as exc:  # a trial's failure is a result: record why, the worker goes on
             return self._failed(base, exc, clock, waited())
-        finally:
-            sharing.release()
         return self._finished(trial, spec, base, result, measurement, clock, waited())
 
     # --- the pieces ---------------------------------------------------------------------------

@@ -14,9 +14,10 @@ Three parts, one run:
 2. phases     one whole proxy trial at the GPU quickstart budget, wall time split into
               imports (the median of three fresh interpreters importing morsearch.train, all
               three recorded), build, compile, setup, train, validate.
-              Target: everything but train <= 10 % of the trial. The committed result (H100,
-              2026-11-23) timed the imports once (11.7 s); on an H200 host every import took
-              as long (notes/proxy_throughput.md: the import itself, not bytecode).
+              Target: everything but train <= 10 % of the trial. The committed result (H200,
+              2026-12-04) met it for a worker's next trial (0.074) and missed it for its first
+              (0.368): the three imports took 19-22 s on that host (notes/proxy_throughput.md:
+              the import itself, not bytecode).
 3. busy       share of wall time the GPU spends in kernels (torch.profiler) for the quickstart
               model at growing micro-batches, and aggregate tokens/s of several trials sharing
               one GPU (separate processes), to show how to fill a large GPU with small proxies.

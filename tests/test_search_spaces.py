@@ -24,7 +24,7 @@ def test_space_validates_without_warnings(path):
     report = check_search_space(path)
     assert report.space.study_name == path.stem
     assert report.warnings == []
-    assert report.baselines == ["vanilla", "recursive"]
+    assert report.baselines == ["vanilla", "recursive", "smallest"]
     assert report.invalid_share == 0
 
 

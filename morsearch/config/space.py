@@ -642,9 +642,15 @@ class EarlyStoppingSettings(FrozenConfig):
 
 
 class BaselineSettings(FrozenConfig):
-    """Reference models enqueued before the search: vanilla and plain recursive at the space's budget."""
+    """Reference models enqueued before the search: vanilla and plain recursive at the space's budget,
+    and vanilla at the space's smallest size."""
 
     enabled: bool = Field(True, description="Enqueue the baselines as the first trials.")
+    smallest: bool = Field(
+        True,
+        description="Also enqueue a vanilla model at the low end of every size knob (params_unique, d_model, "
+        "ffn_dim, num_layers): the cheap end of every memory and throughput front.",
+    )
     params: dict[str, Any] = Field(
         default_factory=dict,
         description="Values of the other searched parameters for the baselines (default: the middle of each "

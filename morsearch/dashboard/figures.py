@@ -41,7 +41,7 @@ __all__ = [
 FRONT_COLOR = "#1f77b4"
 DOMINATED_COLOR = "#9aa5b1"
 INFEASIBLE_COLOR = "#d62728"
-BASELINE_SYMBOLS = {"vanilla": "diamond", "recursive": "square"}
+BASELINE_SYMBOLS = {"vanilla": "diamond", "recursive": "square", "smallest": "triangle-up"}
 MAX_HOVER_PARAMS = 12
 
 

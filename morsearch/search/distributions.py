@@ -53,7 +53,7 @@ class TrialSpec:
         data: Its training data.
         target: Where memory and speed are measured.
         params: The values this trial chose, by parameter name (decoded; fixed ones excluded).
-        baseline: ``"vanilla"``/``"recursive"`` for an enqueued baseline, else None.
+        baseline: ``"vanilla"``/``"recursive"``/``"smallest"`` for an enqueued baseline, else None.
     """
 
     model: ModelConfig
@@ -185,8 +185,9 @@ class Baseline:
     """A reference model as fixed Optuna params: ``study.enqueue_trial(params, user_attrs=...)``.
 
     Attributes:
-        name: ``vanilla`` (every layer unique, no router) or ``recursive`` (shared
-            layers, every token takes every step).
+        name: ``vanilla`` (every layer unique, no router), ``recursive`` (shared
+            layers, every token takes every step) or ``smallest`` (vanilla at the low
+            end of every size knob).
         params: Optuna parameter values (encoded as the distributions store them).
     """
 
@@ -226,19 +227,34 @@ def _integer_values(space: SearchSpace, name: str) -> list[int]:
     return [int(v) for v in space.possible_values(name)]
 
 
+# The parameters that set a model's size: the smallest baseline takes the low end of each.
+SIZE_PARAMS = ("params_unique", "d_model", "ffn_dim", "num_layers")
+
+
+def _lowest_first(spec: ParamSpec) -> list[Any]:
+    possible = spec.possible_values()
+    return sorted(possible) if possible is not None else [spec.low]
+
+
 def _baseline_wishes(space: SearchSpace) -> dict[str, dict[str, list[Any]]]:
     """Per baseline, the acceptable values of the parameters that define it, best first."""
     deeper = sorted(n for n in _integer_values(space, "num_recursions") if n > 1)
     # with one recursion every sharing strategy leaves all layers unique, i.e. vanilla
     any_sharing = ["none", "middle_cycle", "cycle", "middle_sequence", "sequence"]
-    return {
-        "vanilla": {"router": ["none"], "num_recursions": [1], "sharing": any_sharing},
+    vanilla = {"router": ["none"], "num_recursions": [1], "sharing": any_sharing}
+    wishes = {
+        "vanilla": vanilla,
         "recursive": {
             "router": ["none"],
             "num_recursions": [deeper[len(deeper) // 2]] if deeper else [],
             "sharing": ["middle_cycle", "cycle", "middle_sequence", "sequence"],
         },
     }
+    sized = {name: _lowest_first(space.model[name]) for name in SIZE_PARAMS if name in space.model}
+    # In a space of one size the smallest model is the vanilla baseline itself.
+    if space.baselines.smallest and any(space.model[name].kind != "fixed" for name in sized):
+        wishes["smallest"] = {**vanilla, **sized}
+    return wishes
 
 
 def _baseline_or_reason(space: SearchSpace, name: str, wishes: dict[str, list[Any]]) -> Baseline | str:
@@ -272,7 +288,8 @@ def baseline_specs(space: SearchSpace) -> list[Baseline]:
     """The baselines this space can express (vanilla first), as fixed params to enqueue.
 
     Parameters that do not define a baseline take ``baselines.params`` or the
-    middle of their range, so the references sit at the space's budget. A
+    middle of their range, so the references sit at the space's budget; the
+    smallest baseline takes the low end of every size knob instead. A
     baseline the space cannot express (e.g. ``num_recursions`` never 1) is left
     out; ``missing_baselines`` says why.
     """
@@ -291,8 +308,9 @@ def missing_baselines(space: SearchSpace) -> dict[str, str]:
 
 
 def enqueue_baselines(study: optuna.Study, space: SearchSpace) -> list[Baseline]:
-    """Enqueue the baselines once (a restarted study does not enqueue them again)."""
-    baselines = baseline_specs(space)
+    """Enqueue the baselines once (a restarted study does not enqueue them again), no more than
+    ``n_trials`` of them (the smallest is left out first)."""
+    baselines = baseline_specs(space)[: space.n_trials]
     for baseline in baselines:
         study.enqueue_trial(baseline.params, user_attrs=baseline.user_attrs, skip_if_exists=True)
     return baselines

@@ -169,7 +169,7 @@ def test_invalid_combination_raises_config_error_naming_the_values():
 def test_baselines_are_vanilla_and_recursive_at_the_space_budget():
     space = make_space()
     baselines = {b.name: b for b in baseline_specs(space)}
-    assert list(baselines) == ["vanilla", "recursive"]
+    assert list(baselines) == ["vanilla", "recursive", "smallest"]
     vanilla = suggest(FixedTrial(baselines["vanilla"].params), space).model
     recursive = suggest(FixedTrial(baselines["recursive"].params), space).model
     assert vanilla.router == "none" and vanilla.num_unique_layers == vanilla.num_layers
@@ -177,6 +177,24 @@ def test_baselines_are_vanilla_and_recursive_at_the_space_budget():
     # the middle of the log range 50k..200k is 100k; both land there
     for model in (vanilla, recursive):
         assert abs(model.unique_parameters() - 100_000) / 100_000 <= 0.02
+
+
+def test_smallest_baseline_is_vanilla_at_the_low_end_of_every_size_knob():
+    space = make_space(baselines={"params": {"params_unique": "150k", "num_layers": 6}})
+    baselines = {b.name: b for b in baseline_specs(space)}
+    smallest = suggest(FixedTrial(baselines["smallest"].params), space).model
+    vanilla = suggest(FixedTrial(baselines["vanilla"].params), space).model
+    # baselines.params place the references; the smallest keeps the space's low ends
+    assert smallest.router == "none" and smallest.num_unique_layers == smallest.num_layers == 4
+    assert abs(smallest.unique_parameters() - 50_000) / 50_000 <= 0.02
+    assert vanilla.num_layers == 6 and vanilla.unique_parameters() > 2 * smallest.unique_parameters()
+
+
+def test_no_smallest_baseline_where_the_space_has_one_size_or_it_is_off():
+    one_size = make_space(model_update={"params_unique": "100k", "num_layers": 4})
+    assert [b.name for b in baseline_specs(one_size)] == ["vanilla", "recursive"]
+    off = make_space(baselines={"smallest": False})
+    assert [b.name for b in baseline_specs(off)] == ["vanilla", "recursive"]
 
 
 def test_baseline_params_override_the_middle_and_missing_baselines_say_why():
@@ -195,12 +213,12 @@ def test_enqueued_baselines_run_first_once_and_are_marked():
     enqueue_baselines(study, space)
     enqueue_baselines(study, space)  # a restarted search must not enqueue them again
     names = []
-    for _ in range(3):
+    for _ in range(4):
         trial = study.ask()
         spec = suggest(trial, space)
         names.append(spec.baseline)
         study.tell(trial, [1.0, 1.0, 1.0])
-    assert names == ["vanilla", "recursive", None]
+    assert names == ["vanilla", "recursive", "smallest", None]
     assert study.trials[0].user_attrs[ATTR_BASELINE] == "vanilla"
 
 

@@ -276,7 +276,7 @@ def test_validate_command_prints_the_space_or_every_problem(tmp_path, capsys):
         main(["validate", str(write(tmp_path, MINIMAL)), "--json"])
     assert info.value.code == 0
     out = capsys.readouterr().out
-    assert '"study_name": "tiny"' in out and '"baselines": ["vanilla", "recursive"]' in out
+    assert '"study_name": "tiny"' in out and '"baselines": ["vanilla", "recursive", "smallest"]' in out
     bad = write(tmp_path, MINIMAL.replace("num_layers", "num_layer"), "bad.yaml")
     with pytest.raises(SystemExit) as info:
         main(["validate", str(bad)])
@@ -315,4 +315,4 @@ def test_missing_and_misspelt_sections_are_named(tmp_path):
 
 def test_too_few_trials_for_the_baselines_is_warned(tmp_path):
     report = check_search_space(write(tmp_path, MINIMAL.replace("n_trials: 4", "n_trials: 2")))
-    assert any("n_trials=2 is used up by the 2 baselines" in w for w in report.warnings)
+    assert any("n_trials=2 is used up by the 3 baselines" in w for w in report.warnings)

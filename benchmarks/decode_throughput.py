@@ -16,6 +16,8 @@ the same effective depth (unique layers x recursions, as the paper compares them
                         the same model with continuous depth-wise batching under CUDA graphs
   mor3-ec-cache@lockstep, @depthwise, @depthwise_deferred, @reference, @compiled
                         the same model with the other decoders, to show where the speed comes from
+  {vanilla,mor3-ec-cache,mor3-ec-share}@depthwise_compiled
+                        graphed depth-wise batching with each iteration compiled (fused) before capture
 Each is measured by ``morsearch.measure.measure`` (warm-up, CUDA events, repeats, median)
 with the CUDA-graph decoder (``graphed``, measure()'s default on the GPU) unless named
 otherwise, at batch 1, 32 and 256, prompt 512, 256 new tokens, bfloat16. Each run
@@ -60,7 +62,14 @@ from morsearch.model.decoders import DECODERS
 
 RESULTS_FILE = RESULTS / "decode_throughput.json"
 # vanilla's decoders: the fastest of them is the speed every other model is compared with
-ANCHORS = ("vanilla", "vanilla@graphed_depthwise", "vanilla@compiled", "vanilla@rows", "vanilla@reference")
+ANCHORS = (
+    "vanilla",
+    "vanilla@graphed_depthwise",
+    "vanilla@compiled",
+    "vanilla@depthwise_compiled",
+    "vanilla@rows",
+    "vanilla@reference",
+)
 
 
 def base_shape(quick: bool) -> dict[str, Any]:
@@ -92,6 +101,7 @@ def variants(quick: bool) -> dict[str, tuple[ModelConfig, str]]:
     found = {
         "vanilla": (ModelConfig(**base), "graphed"),
         "vanilla@compiled": (ModelConfig(**base), "graphed_compiled"),
+        "vanilla@depthwise_compiled": (ModelConfig(**base), "graphed_depthwise_compiled"),
         "vanilla@rows": (ModelConfig(**base), "depthwise"),
         "vanilla@reference": (ModelConfig(**base), "reference"),
     }
@@ -107,6 +117,8 @@ def variants(quick: bool) -> dict[str, tuple[ModelConfig, str]]:
     for decoder in ("lockstep", "depthwise", "depthwise_deferred", "reference"):
         found[f"mor3-ec-cache@{decoder}"] = (found["mor3-ec-cache"][0], decoder)
     found["mor3-ec-cache@compiled"] = (found["mor3-ec-cache"][0], "graphed_compiled")
+    for name in ("mor3-ec-cache", "mor3-ec-share"):  # depth-wise batching with fused iterations
+        found[f"{name}@depthwise_compiled"] = (found[name][0], "graphed_depthwise_compiled")
     return found
 
 

@@ -23,4 +23,5 @@ DECODERS: dict[str, Callable[[MoRModel], ReferenceDecoder | RowDecoder | Graphed
     "graphed": GraphedDecoder,
     "graphed_compiled": lambda model: GraphedDecoder(model, compile=True),
     "graphed_depthwise": GraphedDepthwiseDecoder,
+    "graphed_depthwise_compiled": lambda model: GraphedDepthwiseDecoder(model, compile=True),
 }

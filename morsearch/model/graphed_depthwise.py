@@ -165,13 +165,22 @@ def _mask(start: torch.Tensor, end: torch.Tensor, width: int) -> torch.Tensor:
 
 
 class GraphedDepthwiseDecoder:
-    """Continuous depth-wise batching over all rows, one CUDA graph per iteration (module docstring)."""
+    """Continuous depth-wise batching over all rows, one CUDA graph per iteration (module docstring).
 
-    def __init__(self, model: MoRModel) -> None:
+    Args:
+        model: The model to decode with (eval mode).
+        compile: ``torch.compile`` the whole iteration before it is captured, so that its
+            layers and its bookkeeping (masks, decisions, exits, entries) run as fused
+            kernels. Every shape is static here, so one compilation serves a workload.
+    """
+
+    def __init__(self, model: MoRModel, compile: bool = False) -> None:
         self.model, self.cfg, self.schedule = model, model.cfg, model.schedule
         self.prefill = CapturedPrefill(model)
         self.workload: _Workload | None = None
         self.workload_key: tuple[object, ...] | None = None
+        if compile:
+            self._iteration = torch.compile(self._iteration)  # type: ignore[method-assign]
 
     # --- the layers of one stage, every row at once --------------------------------------------
 

@@ -17,7 +17,8 @@ ROUTED = [
     for kv in ("recursion_wise", "recursive_sharing")
 ]
 UNROUTED = [{"sharing": "none", "num_layers": 3, "num_recursions": 1}, {"sharing": "sequence"}]
-FAST = [name for name in DECODERS if name not in ("reference", "graphed_compiled")]  # compiling takes a minute
+COMPILED = ["graphed_compiled", "graphed_depthwise_compiled"]
+FAST = [name for name in DECODERS if name not in ("reference", *COMPILED)]  # compiling takes a minute
 B, P, N = 5, 6, 12
 
 
@@ -132,11 +133,12 @@ def test_graphed_reuses_its_buffers_across_generations(tiny_model_config: ModelC
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("name", COMPILED)
 @pytest.mark.parametrize("router", ["expert_choice", "token_choice"])
-def test_compiled_graphed_gives_the_reference_outputs(tiny_model_config: ModelConfig, router: str) -> None:
+def test_compiled_graphed_gives_the_reference_outputs(tiny_model_config: ModelConfig, router: str, name: str) -> None:
     model = _model(tiny_model_config, router=router)
     forced = torch.randint(0, model.cfg.vocab_size, (B, N))
-    reference, fast = _generate(model, "reference", forced), _generate(model, "graphed_compiled", forced)
+    reference, fast = _generate(model, "reference", forced), _generate(model, name, forced)
     assert fast.logits is not None and reference.logits is not None
     torch.testing.assert_close(fast.logits, reference.logits, rtol=1e-4, atol=1e-5)
     assert fast.step_tokens == reference.step_tokens
@@ -189,12 +191,13 @@ def test_graphed_replays_equal_the_reference_on_the_gpu(
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_compiled_graphed_replays_equal_the_reference_on_the_gpu(tiny_model_config: ModelConfig) -> None:
+@pytest.mark.parametrize("name", COMPILED)
+def test_compiled_graphed_replays_equal_the_reference_on_the_gpu(tiny_model_config: ModelConfig, name: str) -> None:
     model = _model(tiny_model_config, router="expert_choice").cuda()
     prompt = torch.randint(0, model.cfg.vocab_size, (B, P), device="cuda")
     forced = torch.randint(0, model.cfg.vocab_size, (B, N), device="cuda")
     reference = DECODERS["reference"](model).generate(prompt, N, forced=forced, keep_logits=True)
-    decoder = DECODERS["graphed_compiled"](model)
+    decoder = DECODERS[name](model)
     for _ in range(2):
         fast = decoder.generate(prompt, N, forced=forced, keep_logits=True)
         assert fast.logits is not None and reference.logits is not None

@@ -222,6 +222,13 @@ def test_enqueued_baselines_run_first_once_and_are_marked():
     assert study.trials[0].user_attrs[ATTR_BASELINE] == "vanilla"
 
 
+def test_no_more_baselines_are_enqueued_than_trials():
+    space = make_space(n_trials=2)
+    study = optuna.create_study(directions=space.directions)
+    assert [b.name for b in enqueue_baselines(study, space)] == ["vanilla", "recursive"]
+    assert [t.user_attrs[ATTR_BASELINE] for t in study.trials] == ["vanilla", "recursive"]
+
+
 def test_fingerprint_ignores_inactive_choices_but_not_the_model():
     space = make_space()
     base = {"params_unique": 90_000, "num_layers": 4, "num_recursions": 2, "sharing": "cycle"}

@@ -17,7 +17,7 @@ ROUTED = [
     for kv in ("recursion_wise", "recursive_sharing")
 ]
 UNROUTED = [{"sharing": "none", "num_layers": 3, "num_recursions": 1}, {"sharing": "sequence"}]
-COMPILED = ["graphed_compiled", "graphed_depthwise_compiled"]
+COMPILED = [name for name in DECODERS if name.endswith("_compiled")]
 FAST = [name for name in DECODERS if name not in ("reference", *COMPILED)]  # compiling takes a minute
 B, P, N = 5, 6, 12
 

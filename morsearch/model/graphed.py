@@ -37,6 +37,7 @@ import copy
 import math
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -248,6 +249,19 @@ def view_of(cache: KVCache) -> KVCache:
     return view
 
 
+def compiled(function: Callable[..., Any]) -> Callable[..., Any]:
+    """``torch.compile(function)``, with room for the recompilations a decoder needs.
+
+    Dynamo keys its compilations on the code object, so every decoder instance, workload
+    and kind of call adds one for the same method; past the default limit of 8 it falls
+    back to eager with one logged warning, and a benchmark would time that.
+    """
+    import torch._dynamo
+
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    return torch.compile(function)
+
+
 def run_graphed(
     graphs: dict[Hashable, torch.cuda.CUDAGraph],
     pool: tuple[int, int] | None,
@@ -288,12 +302,9 @@ class GraphedDecoder:
         self.workload: _Workload | None = None
         self.workload_key: tuple[object, ...] | None = None
         if compile:
-            import torch._dynamo
-
             # one graph per kind of call (enter, each step, exit), then one with dynamic
             # row counts per kind once a second bucket appears
-            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-            self._layers = torch.compile(self._layers)  # type: ignore[method-assign]
+            self._layers = compiled(self._layers)  # type: ignore[method-assign]
 
     # --- one call's rows: where they write, what they read ------------------------------------
 

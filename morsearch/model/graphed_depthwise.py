@@ -48,6 +48,7 @@ from morsearch.model.decoding import DECODE_RULES, Generation, choose_tokens
 from morsearch.model.graphed import (
     CapturedPrefill,
     Family,
+    compiled,
     decode_attention,
     family_of,
     prefill_lengths,
@@ -180,7 +181,7 @@ class GraphedDepthwiseDecoder:
         self.workload: _Workload | None = None
         self.workload_key: tuple[object, ...] | None = None
         if compile:
-            self._iteration = torch.compile(self._iteration)  # type: ignore[method-assign]
+            self._iteration = compiled(self._iteration)  # type: ignore[method-assign]
 
     # --- the layers of one stage, every row at once --------------------------------------------
 

@@ -174,12 +174,17 @@ def _search_problems(space: SearchSpace) -> tuple[list[tuple[tuple[Any, ...], st
             f"{short:.0%} of sampled models train for fewer than {MIN_STEPS} optimizer steps "
             f"(fewest {min(probe.steps)}); raise budget.value or lower budget.batch_size"
         )
+    by_reason: dict[str, list[str]] = {}  # vanilla and smallest usually miss for the same reason: one warning
     for name, reason in missing_baselines(space).items():
-        warnings.append(f"no {name} baseline: {reason}")
+        by_reason.setdefault(reason, []).append(name)
+    for reason, names in by_reason.items():
+        warnings.append(f"no {' and '.join(names)} baseline{'s' if len(names) > 1 else ''}: {reason}")
     n_baselines = len(baseline_specs(space))
     if n_baselines >= space.n_trials:
+        enqueued = "all of them" if n_baselines == space.n_trials else f"only the first {space.n_trials}"
         warnings.append(
-            f"n_trials={space.n_trials} is used up by the {n_baselines} baselines; raise n_trials to search anything"
+            f"n_trials={space.n_trials} leaves no trial for the search after the {n_baselines} baselines "
+            f"({enqueued} run); raise n_trials to search anything"
         )
     report = SpaceReport(
         space=space,

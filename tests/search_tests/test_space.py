@@ -315,4 +315,15 @@ def test_missing_and_misspelt_sections_are_named(tmp_path):
 
 def test_too_few_trials_for_the_baselines_is_warned(tmp_path):
     report = check_search_space(write(tmp_path, MINIMAL.replace("n_trials: 4", "n_trials: 2")))
-    assert any("n_trials=2 is used up by the 3 baselines" in w for w in report.warnings)
+    assert any(
+        "n_trials=2 leaves no trial for the search after the 3 baselines (only the first 2 run)" in w
+        for w in report.warnings
+    )
+
+
+def test_baselines_missing_for_one_reason_are_warned_once(tmp_path):
+    text = MINIMAL.replace("num_recursions: [1, 2]", "num_recursions: [2, 3]").replace(
+        "when: {num_recursions: 2}", "when: {num_recursions: [2, 3]}"
+    )
+    missing = [w for w in check_search_space(write(tmp_path, text)).warnings if w.startswith("no ")]
+    assert missing == ["no vanilla and smallest baselines: num_recursions never takes 1"]

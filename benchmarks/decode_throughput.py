@@ -352,8 +352,9 @@ def summarise(raw: dict[str, Any], batches: list[int]) -> list[dict[str, Any]]:
     ]
     worst = 0.0
     for name, run in runs.items():
-        if name.endswith("-share"):
-            twin = runs.get(name.removesuffix("-share") + "-cache")
+        model, at, decoder = name.partition("@")  # a share run is compared with its cache twin's same decoder
+        if model.endswith("-share"):
+            twin = runs.get(model.removesuffix("-share") + "-cache" + at + decoder)
             for batch, record in run["by_batch"].items():
                 if twin and "kv_cache_bytes" in record and "kv_cache_bytes" in twin["by_batch"].get(batch, {}):
                     worst = max(worst, record["kv_cache_bytes"] / twin["by_batch"][batch]["kv_cache_bytes"])

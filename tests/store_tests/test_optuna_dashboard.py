@@ -9,13 +9,16 @@ from typing import Any
 from wsgiref.util import setup_testing_defaults
 
 import optuna
-import optuna_dashboard
+import pytest
 from optuna.trial import TrialState
 from search_tests.test_objective import tiny_space_file
 
 from morsearch import store
 from morsearch.search.launch import prepare_study, run_study_worker
 from morsearch.search.space import load_search_space
+
+# a dev dependency; skipped, as the browser tests are, where it is not installed (the GPU host)
+optuna_dashboard = pytest.importorskip("optuna_dashboard", reason="pip install optuna-dashboard")
 
 
 def _get(app: Any, path: str) -> tuple[str, bytes]:

@@ -39,9 +39,10 @@ rewritten after every measurement, so a run cut short keeps what it measured.
 and the graphed depth-wise decoders, at batch 32: host time, device-busy time, op and kernel counts,
 top ops), which says where the time goes.
 
-Targets: at batch >= 32, MoR Nr=3 (expert-choice, recursion-wise caching) decodes >= 1.5x
-vanilla's tokens/s (each with its fastest decoder); recursive sharing's KV bytes <= recursion-wise
-caching's for every Nr, router and batch.
+Targets: at batch >= 32, MoR Nr=3 (expert-choice, recursion-wise caching; and, reported beside it,
+the fastest MoR Nr=3 of either router and KV strategy) decodes >= 1.5x vanilla's tokens/s (each
+with its fastest decoder); recursive sharing's KV bytes <= recursion-wise caching's for every Nr,
+router and batch.
 """
 
 from __future__ import annotations
@@ -340,13 +341,20 @@ def summarise(raw: dict[str, Any], batches: list[int]) -> list[dict[str, Any]]:
     }
     raw["decode_speedup_vs_vanilla"] = ratios
 
-    def best_mor3(batch: int) -> float:
-        """MoR-3's speed-up with its fastest decoder (each timed against its own part's vanilla)."""
-        found = [x for n, x in ratios[str(batch)].items() if n.split("@")[0].split("#")[0] == "mor3-ec-cache"]
+    def best(batch: int, models: str) -> float:
+        """The fastest speed-up among ``models`` (a name prefix), each run against its own part's vanilla."""
+        found = [x for n, x in ratios[str(batch)].items() if n.split("@")[0].split("#")[0].startswith(models)]
         return max((x for x in found if math.isfinite(x)), default=math.nan)
 
     targets = [
-        target(f"mor3-ec-cache decode speedup vs vanilla (fastest decoders), batch {b}", best_mor3(b), 1.5)
+        target(f"mor3-ec-cache decode speedup vs vanilla (fastest decoders), batch {b}", best(b, "mor3-ec-cache"), 1.5)
+        for b in batches
+        if b >= 32
+    ]
+    targets += [  # the issue's "MoR Nr=3" read widely: either router, either KV strategy
+        target(
+            f"fastest MoR-3 (any router and KV strategy) decode speedup vs vanilla, batch {b}", best(b, "mor3-"), 1.5
+        )
         for b in batches
         if b >= 32
     ]

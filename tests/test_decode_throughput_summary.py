@@ -22,3 +22,4 @@ def test_kv_target_pairs_each_share_run_with_its_cache_twin_of_the_same_decoder(
     kv = targets["KV bytes, recursive sharing / recursion-wise (worst)"]
     assert kv["value"] == 0.5 and kv["met"]
     assert targets["mor3-ec-cache decode speedup vs vanilla (fastest decoders), batch 32"]["value"] == 1.1
+    assert targets["fastest MoR-3 (any router and KV strategy) decode speedup vs vanilla, batch 32"]["value"] == 1.2

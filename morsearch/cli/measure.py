@@ -63,7 +63,8 @@ def measure(
     decoder: Annotated[
         str | None,
         typer.Option(
-            help="Decoder: graphed, graphed_depthwise, graphed_compiled, lockstep, depthwise, depthwise_deferred "
+            help="Decoder: graphed, graphed_depthwise, graphed_compiled, graphed_depthwise_compiled (the two "
+            "compiled ones take about a minute per model to compile), lockstep, depthwise, depthwise_deferred "
             "or reference (default: graphed on CUDA, lockstep on CPU)."
         ),
     ] = None,

@@ -11,7 +11,16 @@ from typer.testing import CliRunner
 from morsearch.cli import app, main
 
 COMMANDS = [
-    "dashboard", "describe", "export", "measure", "report", "search", "status", "train", "validate", "worker",
+    "dashboard",
+    "describe",
+    "export",
+    "measure",
+    "report",
+    "search",
+    "status",
+    "train",
+    "validate",
+    "worker",
 ]
 MODELS = Path(__file__).parents[2] / "search_spaces" / "models"
 runner = CliRunner()
@@ -31,6 +40,13 @@ def test_every_command_has_help(command):
     result = runner.invoke(app, [command, "--help"])
     assert result.exit_code == 0, result.output
     assert "Usage" in result.output
+
+
+def test_measure_help_names_every_decoder():
+    from morsearch.model.decoders import DECODERS  # the help is written out: the CLI imports no torch for it
+
+    text = " ".join(runner.invoke(app, ["measure", "--help"], terminal_width=400).output.split())
+    assert [name for name in DECODERS if f" {name}," not in text and f" {name} " not in text] == []
 
 
 def test_describe_json_reports_the_accounting():

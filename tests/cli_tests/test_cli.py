@@ -11,16 +11,7 @@ from typer.testing import CliRunner
 from morsearch.cli import app, main
 
 COMMANDS = [
-    "dashboard",
-    "describe",
-    "export",
-    "measure",
-    "report",
-    "search",
-    "status",
-    "train",
-    "validate",
-    "worker",
+    "dashboard", "describe", "export", "measure", "report", "search", "status", "train", "validate", "worker",
 ]
 MODELS = Path(__file__).parents[2] / "search_spaces" / "models"
 runner = CliRunner()

@@ -174,12 +174,13 @@ def _search_problems(space: SearchSpace) -> tuple[list[tuple[tuple[Any, ...], st
             f"{short:.0%} of sampled models train for fewer than {MIN_STEPS} optimizer steps "
             f"(fewest {min(probe.steps)}); raise budget.value or lower budget.batch_size"
         )
+    baselines, missing = baseline_specs(space), missing_baselines(space)
     by_reason: dict[str, list[str]] = {}  # vanilla and smallest usually miss for the same reason: one warning
-    for name, reason in missing_baselines(space).items():
+    for name, reason in missing.items():
         by_reason.setdefault(reason, []).append(name)
     for reason, names in by_reason.items():
         warnings.append(f"no {' and '.join(names)} baseline{'s' if len(names) > 1 else ''}: {reason}")
-    n_baselines = len(baseline_specs(space))
+    n_baselines = len(baselines)
     if n_baselines >= space.n_trials:
         enqueued = "all of them" if n_baselines == space.n_trials else f"only the first {space.n_trials}"
         warnings.append(
@@ -188,8 +189,8 @@ def _search_problems(space: SearchSpace) -> tuple[list[tuple[tuple[Any, ...], st
         )
     report = SpaceReport(
         space=space,
-        baselines=[b.name for b in baseline_specs(space)],
-        missing_baselines=missing_baselines(space),
+        baselines=[b.name for b in baselines],
+        missing_baselines=missing,
         invalid_share=invalid_share,
         capped_share=capped_share,
         steps=(min(probe.steps), max(probe.steps)) if probe.steps else None,

@@ -35,6 +35,12 @@ a time limit:
 ``--part 1/3``, then ``--part 2/3 --merge``, ``--part 3/3 --merge`` (the last part profiles).
 Every part times vanilla again and compares its own models with that vanilla. The result file is
 rewritten after every measurement, so a run cut short keeps what it measured.
+``--equal-memory`` adds the paper's other protocol (B=Max, MOR.md 4.2): every model of the run
+also decodes at the largest batch whose peak memory stays within vanilla's at each batch, found
+from the line through its measured peaks (a few tries; compiled decoders compile once per try),
+with its speed-up against vanilla at vanilla's batch (``raw.equal_memory_speedup_vs_vanilla``;
+the issue's targets stay the equal-batch ones). Limit it with ``--only``.
+``--out`` writes (and, with ``--merge``, reads) another file than the default.
 ``--no-profile`` skips the closing torch.profiler pass (vanilla and mor3-ec-cache, with the graphed
 and the graphed depth-wise decoders, at batch 32: host time, device-busy time, op and kernel counts,
 top ops), which says where the time goes.
@@ -51,13 +57,15 @@ import argparse
 import json
 import math
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from benchmarks.common import RESULTS, target, write_result
 from morsearch.config import DeploymentTarget, ModelConfig
-from morsearch.measure import measure
+from morsearch.measure import Measurement, measure
 from morsearch.model import MoRModel, build_model
 from morsearch.model.decoders import DECODERS
 
@@ -205,6 +213,73 @@ def profile_decode(model: MoRModel, decoder: str, batch: int, prompt_len: int, n
     }
 
 
+def largest_batch_within(budget_bytes: int, points: list[tuple[int, int]], param_bytes: int) -> int:
+    """The batch at which peak memory reaches ``budget_bytes`` on the line through two measurements.
+
+    Peak memory grows about linearly with the batch (per-row K/V and activations over the
+    weights): the line runs through the last two (batch, peak) points, or through the
+    weights at batch 0 and the only point.
+    """
+    (b0, m0), (b1, m1) = ((0, param_bytes), points[-1]) if len(points) == 1 else (points[-2], points[-1])
+    per_row = (m1 - m0) / (b1 - b0) if b1 != b0 else 0.0
+    if per_row <= 0:
+        return b1
+    return max(1, math.floor(b1 + (budget_bytes - m1) / per_row))
+
+
+def equal_memory_run(
+    measure_at: Callable[[int], Measurement | None],
+    budget_bytes: int,
+    batch: int,
+    record: dict[str, Any],
+    tries: int = 3,
+) -> dict[str, Any]:
+    """The largest batch (of up to ``tries`` measured ones) whose peak stays within ``budget_bytes``.
+
+    ``record`` is the model's measurement at ``batch``; ``measure_at`` measures another batch
+    (None: out of memory). Returns that batch's figures and every try.
+    """
+    points = [(batch, int(record["peak_memory_bytes"]))]
+    fits = {batch: record} if record["peak_memory_bytes"] <= budget_bytes else {}
+    tried: list[dict[str, Any]] = []
+    for _ in range(tries):
+        guess = largest_batch_within(budget_bytes, points, int(record["param_bytes"]))
+        if guess in {b for b, _ in points} or guess in {t["batch"] for t in tried}:
+            break  # the line points at a batch already measured: converged
+        m = measure_at(guess)
+        if m is None:
+            tried.append({"batch": guess, "error": "oom"})
+            break
+        tried.append(
+            {"batch": guess, "peak_memory_bytes": m.peak_memory_bytes, "decode_tokens_per_s": m.decode_tokens_per_s}
+        )
+        points.append((guess, m.peak_memory_bytes))
+        if m.peak_memory_bytes <= budget_bytes:
+            fits[guess] = m.to_dict()
+    best = max(fits, default=None)
+    found: dict[str, Any] = {"memory_budget_bytes": budget_bytes, "vanilla_batch": batch, "tries": tried}
+    if best is not None:
+        chosen = fits[best]
+        found.update(
+            batch=best,
+            decode_tokens_per_s=chosen["decode_tokens_per_s"],
+            peak_memory_bytes=chosen["peak_memory_bytes"],
+            peak_vs_budget=chosen["peak_memory_bytes"] / budget_bytes,
+        )
+    return found
+
+
+def anchor_record(runs: dict[str, dict[str, Any]], part: int, batch: int) -> dict[str, Any] | None:
+    """The measurement of vanilla's fastest decoder at ``batch`` in ``part`` (None if not timed there)."""
+    timed = [
+        run["by_batch"][str(batch)]
+        for run in runs.values()
+        if run.get("anchor") and run["part"] == part and "decode_tokens_per_s" in run["by_batch"].get(str(batch), {})
+    ]
+    timed = [r for r in timed if math.isfinite(r["decode_tokens_per_s"])]
+    return max(timed, key=lambda r: r["decode_tokens_per_s"], default=None)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny CPU smoke run; result not written")
@@ -215,6 +290,12 @@ def main() -> None:
     parser.add_argument("--profile-only", action="store_true", help="no measurements, only the profiling pass")
     parser.add_argument("--part", default=None, help="K/M: run every M-th variant from the K-th (split long runs)")
     parser.add_argument("--merge", action="store_true", help="add to the runs already in the result file")
+    parser.add_argument(
+        "--equal-memory",
+        action="store_true",
+        help="also decode each model at the largest batch within vanilla's peak memory (the paper's B=Max)",
+    )
+    parser.add_argument("--out", type=Path, default=RESULTS_FILE, help=f"result file (default {RESULTS_FILE})")
     args = parser.parse_args()
     device = "cpu" if args.quick or not torch.cuda.is_available() else "cuda"
     batches = args.batches or ([4] if args.quick else [1, 32, 256])
@@ -234,8 +315,8 @@ def main() -> None:
         "repeats": repeats,
         "runs": {},
     }
-    if args.merge and RESULTS_FILE.exists():  # runs of earlier parts, unless re-run now
-        earlier = json.loads(RESULTS_FILE.read_text())["raw"]
+    if args.merge and args.out.exists():  # runs of earlier parts, unless re-run now
+        earlier = json.loads(args.out.read_text())["raw"]
         for name, run in earlier["runs"].items():  # an earlier part's vanilla stays, as that part's anchor
             remeasured = name in chosen and not args.profile_only
             kept = f"{name}#part{run.get('part', 1)}" if name in ANCHORS and remeasured else name
@@ -250,6 +331,26 @@ def main() -> None:
     calibration_tokens = torch.randint(
         0, base_shape(args.quick)["vocab_size"], (4, prompt_len), generator=torch.Generator().manual_seed(1)
     ).to(device)
+
+    def deployment(batch: int) -> DeploymentTarget:
+        return DeploymentTarget(
+            name=f"b{batch}",
+            device=device,
+            dtype=dtype,
+            batch_size=batch,
+            prompt_len=prompt_len,
+            new_tokens=new_tokens,
+            repeats=repeats,
+            warmup=0 if args.quick else 1,
+        )
+
+    def save() -> None:
+        """After every measurement, so a run cut short keeps what it measured."""
+        if not args.quick:
+            write_result("decode_throughput", raw, summarise(raw, batches), out=args.out)
+
+    # vanilla first: the equal-memory batches need its peak memory
+    chosen = dict(sorted(chosen.items(), key=lambda item: item[0] not in ANCHORS))
     for name, (cfg, decoder) in ({} if args.profile_only else chosen).items():
         torch.manual_seed(0)
         model = build_model(cfg, device=device, dtype=getattr(torch, dtype)).eval()
@@ -262,20 +363,16 @@ def main() -> None:
             "calibrated_step_shares": shares,
             "by_batch": {},
         }
-        for batch in batches:
-            deployment = DeploymentTarget(
-                name=f"b{batch}",
-                device=device,
-                dtype=dtype,
-                batch_size=batch,
-                prompt_len=prompt_len,
-                new_tokens=new_tokens,
-                repeats=repeats,
-                warmup=0 if args.quick else 1,
-            )
+
+        def measure_at(batch: int, model: MoRModel = model, decoder: str = decoder) -> Measurement | None:
             try:
-                m = measure(model, deployment, decoder=decoder)
+                return measure(model, deployment(batch), decoder=decoder)
             except torch.OutOfMemoryError:
+                return None
+
+        for batch in batches:
+            m = measure_at(batch)
+            if m is None:
                 runs[name]["by_batch"][str(batch)] = {"error": "oom"}
                 continue
             record = {key: value for key, value in m.to_dict().items() if key not in ("versions",)}
@@ -288,8 +385,13 @@ def main() -> None:
                 f"cv {m.decode_cv:.3f}  steps {[round(x, 2) for x in m.step_token_fraction]}",
                 flush=True,
             )
-            if not args.quick:  # after every measurement, so a run cut short keeps what it measured
-                write_result("decode_throughput", raw, summarise(raw, batches))
+            save()
+            vanilla = anchor_record(runs, label, batch)
+            if args.equal_memory and name not in ANCHORS and vanilla is not None:
+                found = equal_memory_run(measure_at, vanilla["peak_memory_bytes"], batch, record)
+                runs[name].setdefault("equal_memory", {})[str(batch)] = found
+                print(f"{name:26s} within vanilla's B={batch} memory: {found}", flush=True)
+                save()
         del model
         if device == "cuda":
             torch.cuda.empty_cache()
@@ -308,8 +410,7 @@ def main() -> None:
             # 32 tokens show the per-step costs; profiling all 256 at batch 32 takes minutes per model
             raw["profile"][name] = profile_decode(model, decoder, batch, prompt_len, min(new_tokens, 32))
             print(f"profile {name:24s}", {k: v for k, v in raw["profile"][name].items() if not k.startswith("top")})
-            if not args.quick:
-                write_result("decode_throughput", raw, summarise(raw, batches))
+            save()
             del model
 
     targets = summarise(raw, batches)
@@ -319,7 +420,7 @@ def main() -> None:
         assert all(math.isfinite(r["decode_tokens_per_s"]) for run in runs.values() for r in run["by_batch"].values())
         print("quick run: result not written")
         return
-    print("wrote", write_result("decode_throughput", raw, targets))
+    print("wrote", write_result("decode_throughput", raw, targets, out=args.out))
 
 
 def summarise(raw: dict[str, Any], batches: list[int]) -> list[dict[str, Any]]:
@@ -332,14 +433,24 @@ def summarise(raw: dict[str, Any], batches: list[int]) -> list[dict[str, Any]]:
 
     def anchor(part: int, batch: int) -> float:
         """Vanilla's tokens/s (its faster decoder) as timed in ``part`` (nan if not timed there yet)."""
-        timed = [rate(name, batch) for name, run in runs.items() if run.get("anchor") and run["part"] == part]
-        return max((x for x in timed if math.isfinite(x)), default=math.nan)
+        record = anchor_record(runs, part, batch)
+        return math.nan if record is None else record["decode_tokens_per_s"]
 
     ratios = {
         str(batch): {name: rate(name, batch) / anchor(run.get("part", 1), batch) for name, run in runs.items()}
         for batch in batches
     }
     raw["decode_speedup_vs_vanilla"] = ratios
+    equal_memory = {  # the paper's B=Max: each model at its batch within vanilla's memory at this batch
+        str(batch): {
+            name: run["equal_memory"][str(batch)].get("decode_tokens_per_s", math.nan) / anchor(run["part"], batch)
+            for name, run in runs.items()
+            if str(batch) in run.get("equal_memory", {})
+        }
+        for batch in batches
+    }
+    if any(equal_memory.values()):
+        raw["equal_memory_speedup_vs_vanilla"] = equal_memory
 
     def best(batch: int, models: str) -> float:
         """The fastest speed-up among ``models`` (a name prefix), each run against its own part's vanilla."""

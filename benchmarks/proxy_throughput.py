@@ -11,13 +11,15 @@ Three parts, one run:
               lightning  the same model through run_proxy's path: MorDataModule batches from the
                          builtin corpus, MoRLightningModule, Trainer (bf16, clipping, schedule)
               Target: lightning >= 0.9 x anchor (framework overhead <= 10 %).
-2. phases     one whole proxy trial at the GPU quickstart budget, wall time split into
-              imports (the median of three fresh interpreters importing morsearch.train, all
-              three recorded), build, compile, setup, train, validate.
-              Target: everything but train <= 10 % of the trial. The committed result (H200,
-              2026-12-04) met it for a worker's next trial (0.074) and missed it for its first
-              (0.368): the three imports took 19-22 s on that host (notes/proxy_throughput.md:
-              the import itself, not bytecode).
+2. phases     a fresh worker process runs two proxy trials at the GPU quickstart budget; each
+              trial's wall time is split into imports (the first trial: from the process's
+              start to the end of ``import morsearch.train``), build, compile, setup, train,
+              validate, and other (the rest: CUDA's context, the gaps between phases).
+              Target: everything but train <= 10 % of the trial. The run of 2026-12-04 (H200)
+              met it for a worker's next trial (0.074) and missed it for its first (0.368):
+              its imports took 19-22 s on that host (notes/proxy_throughput.md: the import
+              itself, not bytecode). That run timed the imports as three whole interpreters,
+              their exit included, and ran the trials in the benchmark's own process.
 3. busy       share of wall time the GPU spends in kernels (torch.profiler) for the quickstart
               model at growing micro-batches, and aggregate tokens/s of several trials sharing
               one GPU (separate processes), to show how to fill a large GPU with small proxies.
@@ -29,7 +31,6 @@ import argparse
 import json
 import math
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -174,46 +175,63 @@ def overhead(quick: bool, device: torch.device) -> dict[str, Any]:
     }
 
 
-def import_seconds() -> list[float]:
-    """Wall times of three fresh interpreters importing the training stack (a worker pays it once)."""
-
-    def once() -> float:
-        start = time.perf_counter()
-        subprocess.run([sys.executable, "-c", "import morsearch.train"], check=True)
-        return time.perf_counter() - start
-
-    return [once() for _ in range(3)]
+FRESH_WORKER = (  # the first statement is the import a worker pays; then two trials
+    "import sys, time; import morsearch.train; imported = time.perf_counter();"
+    "from benchmarks.proxy_throughput import worker_trials; worker_trials(imported, sys.argv[1] == '1', sys.argv[2])"
+)
 
 
-def phases(cfg: ModelConfig, budget: TrainBudget, device: torch.device) -> dict[str, Any]:
-    """A worker's first trial (fresh process: imports, corpus, CUDA context) and its next one."""
-    import_times = import_seconds()
-    imports = statistics.median(import_times)
+def worker_trials(imported: float, quick: bool, device: str) -> None:
+    """In a fresh worker process: two quickstart trials, printed as JSON with their clock stamps."""
+    cfg, budget = quickstart(quick)
     trials = []
-    for label in ("first", "next"):
+    for _ in range(2):
         start = time.perf_counter()
         result = run_proxy(cfg, budget, QUICKSTART_DATA, device=device)
-        wall = time.perf_counter() - start
-        seconds = {"imports": imports if label == "first" else 0.0, **result.phase_seconds}
-        total = seconds["imports"] + wall
-        print(f"[phases] {label} trial {total:.2f} s: " + ", ".join(f"{k} {v:.2f}" for k, v in seconds.items()))
         trials.append(
             {
-                "trial": label,
+                "start": start,
+                "end": time.perf_counter(),
                 "steps": result.steps,
                 "val_nll": result.val_nll,
                 "train_tokens_per_s": result.train_tokens_per_s,
-                "phase_seconds": seconds,
-                "trial_seconds": total,
-                "not_training_fraction": (total - seconds["train"]) / total,
+                "phase_seconds": result.phase_seconds,
             }
         )
-    return {
-        "params": cfg.unique_parameters(),
-        "budget": budget.model_dump(mode="json"),
-        "import_seconds": import_times,
-        "trials": trials,
-    }
+    print(json.dumps({"imported": imported, "trials": trials}))
+
+
+def phases(quick: bool, device: torch.device) -> dict[str, Any]:
+    """A fresh worker's first trial (its imports, the corpus, CUDA's context) and its next one.
+
+    Stamps of ``time.perf_counter`` (the system's monotonic clock on Linux, shared between
+    processes) from before the worker starts to the end of each trial: the first trial
+    counts the worker's start-up and imports, not its exit.
+    """
+    started = time.perf_counter()
+    command = [sys.executable, "-c", FRESH_WORKER, "1" if quick else "0", str(device)]
+    output = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True).stdout
+    report = json.loads(output.strip().splitlines()[-1])
+    trials = []
+    for label, trial in zip(("first", "next"), report["trials"], strict=True):
+        begin = started if label == "first" else trial["start"]
+        wall = trial["end"] - begin
+        seconds = {"imports": report["imported"] - started if label == "first" else 0.0, **trial["phase_seconds"]}
+        seconds["other"] = wall - sum(seconds.values())
+        print(f"[phases] {label} trial {wall:.2f} s: " + ", ".join(f"{k} {v:.2f}" for k, v in seconds.items()))
+        trials.append(
+            {
+                "trial": label,
+                "steps": trial["steps"],
+                "val_nll": trial["val_nll"],
+                "train_tokens_per_s": trial["train_tokens_per_s"],
+                "phase_seconds": seconds,
+                "trial_seconds": wall,
+                "not_training_fraction": (wall - seconds["train"]) / wall,
+            }
+        )
+    cfg, budget = quickstart(quick)
+    return {"params": cfg.unique_parameters(), "budget": budget.model_dump(mode="json"), "trials": trials}
 
 
 def concurrent_rate(workers: int, quick: bool) -> float:
@@ -278,7 +296,7 @@ def main() -> None:
         targets.append(target("lightning_vs_anchor_tokens_per_s", raw["overhead"]["lightning_vs_anchor"], 0.9))
         save()
     if "phases" not in args.skip:
-        raw["phases"] = phases(*quickstart(args.quick), device)
+        raw["phases"] = phases(args.quick, device)
         first, following = raw["phases"]["trials"]
         targets.append(
             target("not_training_fraction_first_trial", first["not_training_fraction"], 0.10, higher_is_better=False)

@@ -3,7 +3,7 @@
     python -m benchmarks.proxy_throughput           # GPU: writes benchmarks/results/proxy_throughput.json
     python -m benchmarks.proxy_throughput --quick   # CPU smoke run with tiny shapes (not written)
 
-Three parts, one run:
+Four parts, one run:
 
 1. overhead   training tokens/s at one shape (the model benchmark's: benchmarks/train_step.py)
               anchor     plain GPT, whole model compiled, bare loop (train_step.AnchorGPT)
@@ -20,9 +20,12 @@ Three parts, one run:
               its imports took 19-22 s on that host (notes/proxy_throughput.md: the import
               itself, not bytecode). That run timed the imports as three whole interpreters,
               their exit included, and ran the trials in the benchmark's own process.
-3. busy       share of wall time the GPU spends in kernels (torch.profiler) for the quickstart
+3. busy       (run last) share of wall time the GPU spends in kernels (torch.profiler) for the quickstart
               model at growing micro-batches, and aggregate tokens/s of several trials sharing
               one GPU (separate processes), to show how to fill a large GPU with small proxies.
+4. validation the quickstart trial's validations (8, at a tenth of its training) with one
+              training batch per forward against run_proxy's default (as many as fit), in one
+              process after a warm-up run: seconds and the validation NLL of each.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ from benchmarks.train_step import AnchorGPT, anchor_step, base_shape, morsearch_
 from morsearch.config import DataConfig, ModelConfig, TrainBudget
 from morsearch.model import build_model, sizing
 from morsearch.train import run_proxy
-from morsearch.train.proxy import make_trainer, prepare
+from morsearch.train.proxy import make_trainer, planned_steps, prepare, validation_batch_size
 
 # The GPU quickstart trial: a 3M-parameter Middle-Cycle MoR at 5e14 training FLOPs (17M tokens, ~1,000 steps);
 # eager, since compiling costs more than it saves on a run this short.
@@ -273,10 +276,30 @@ def busy(quick: bool, device: torch.device) -> dict[str, Any]:
     return {"by_batch_size": per_batch, "concurrent_trials_tokens_per_s": concurrent}
 
 
+def validation(quick: bool, device: torch.device) -> dict[str, Any]:
+    """The quickstart trial's validations, one training batch per forward against the default."""
+    cfg, budget = quickstart(quick)
+    short = budget.replace(value=budget.value / 10)  # a validation costs the same whatever the training's length
+    short = short.replace(eval_every=max(1, (planned_steps(cfg, short) or 8) // 8))
+    runs = {}
+    for label, size in (("warm-up", None), ("one training batch", budget.batch_size), ("default", None)):
+        trial_budget = short.replace(val_batch_size=size)
+        result = run_proxy(cfg, trial_budget, QUICKSTART_DATA, device=device)
+        runs[label] = {
+            "val_batch_size": validation_batch_size(cfg, trial_budget),
+            "evaluations": len(result.curve),
+            "validate_seconds": result.phase_seconds["validate"],
+            "val_nll": result.val_nll,
+        }
+        print(f"[validation] {label}: {runs[label]}")
+    del runs["warm-up"]  # the first run in a process pays the kernels' first loads
+    return {"budget": short.model_dump(mode="json"), "runs": runs}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny CPU smoke run; result not written")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["overhead", "phases", "busy"])
+    parser.add_argument("--skip", nargs="*", default=[], choices=["overhead", "phases", "busy", "validation"])
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() and not args.quick else "cpu")
     if args.quick:
@@ -305,7 +328,10 @@ def main() -> None:
             target("not_training_fraction_next_trial", following["not_training_fraction"], 0.10, higher_is_better=False)
         )
         save()
-    if "busy" not in args.skip:
+    if "validation" not in args.skip:
+        raw["validation"] = validation(args.quick, device)
+        save()
+    if "busy" not in args.skip:  # the longest part last: a run cut by a time limit keeps the others
         raw["busy"] = busy(args.quick, device)
         save()
     for t in targets:

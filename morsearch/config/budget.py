@@ -50,6 +50,12 @@ class TrainBudget(FrozenConfig):
         0, ge=0, description="Validate every this many optimizer steps; 0: about 8 evaluations per run."
     )
     val_batches: int = Field(8, ge=1, description="Validation batches per evaluation (the same ones every time).")
+    val_batch_size: int | None = Field(
+        None,
+        ge=1,
+        description="Windows per validation forward; default: up to val_batches training batches at once, as memory "
+        "allows. Lower it if validation runs out of memory; the validation set is the same either way.",
+    )
     seed: int = Field(0, description="Seed of the model init and batch order.")
     compile: bool = Field(False, description="Compile the model with torch.compile (pays off on GPU for long runs).")
     precision: Literal["auto", "fp32", "bf16"] = Field(

@@ -198,8 +198,10 @@ class MorDataModule(pl.LightningDataModule):
         batch_size: Sequences per batch (training and validation).
         seq_len: Tokens per sequence (inputs; each window holds one more for the targets).
         seed: Seed of the training batch order (the split uses ``cfg.seed``).
-        val_batches: Validation batches per evaluation.
+        val_batches: Validation batches per evaluation: the set is ``val_batches x batch_size``
+            windows, the same whatever ``val_batch_size`` is.
         train_tokens: Training tokens the run will consume (sizes the builtin corpus).
+        val_batch_size: Windows per validation forward (default ``batch_size``).
     """
 
     def __init__(
@@ -212,10 +214,12 @@ class MorDataModule(pl.LightningDataModule):
         seed: int = 0,
         val_batches: int = 8,
         train_tokens: int | None = None,
+        val_batch_size: int | None = None,
     ) -> None:
         super().__init__()
         self.cfg, self.vocab_size, self.train_tokens = cfg, vocab_size, train_tokens
         self.batch_size, self.seq_len, self.seed, self.val_batches = batch_size, seq_len, seed, val_batches
+        self.val_batch_size = val_batch_size or batch_size
         self.data: TokenData | None = None
         self.val: torch.Tensor | None = None
         self.start_batch = 0  # set when resuming from a checkpoint
@@ -251,4 +255,4 @@ class MorDataModule(pl.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         self.setup()
         assert self.val is not None
-        return DataLoader(self.val, batch_size=self.batch_size, shuffle=False, num_workers=0)
+        return DataLoader(self.val, batch_size=self.val_batch_size, shuffle=False, num_workers=0)

@@ -82,6 +82,8 @@ class TrialSpec:
         can be reused instead of training again.
         """
         payload = {key: value for key, value in self.to_dict().items() if key not in ("params", "baseline")}
+        if payload["budget"].get("val_batch_size") is None:  # added later: its default keeps older fingerprints
+            payload["budget"].pop("val_batch_size", None)
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 

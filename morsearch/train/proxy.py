@@ -40,6 +40,8 @@ OnEval = Callable[[int, float], bool]
 # validations per run when budget.eval_every is 0: up to 8, fewer when validating would cost more
 # than ~10 % of the run (a validation token costs about a third of a training token)
 MAX_EVALUATIONS, MIN_EVALUATIONS, VAL_TO_TRAIN_TOKENS = 8, 2, 0.3
+# logits of one validation forward: with their float32 copy and log-softmax, about 1 GiB at most
+VAL_LOGIT_ELEMENTS = 2**26
 SECONDS_EVAL_EVERY = 100  # steps between validations of a wall-clock budget when eval_every is 0
 
 
@@ -214,6 +216,24 @@ def eval_interval(budget: TrainBudget, total_steps: int | None, val_tokens: int)
     return max(1, math.ceil(total_steps / evaluations))
 
 
+def validation_batch_size(model_config: ModelConfig, budget: TrainBudget) -> int:
+    """Windows per validation forward: the whole validation set in as few forwards as fit.
+
+    A small model's forward costs its kernel launches and routing syncs more than its rows,
+    so one forward of k x batch_size windows costs about what one of batch_size does (in
+    the paper-space search on an H200, a trial's validations took 6.8 s to its training's
+    7.3 s, waits at the device locks included; docs/SEARCH_SPACE.md).
+    Without gradients a forward holds about one layer's activations where a training step
+    holds every layer's, so up to ``num_layers`` training batches fit in the training's
+    memory; the logits, all there at once, are capped on their own. ``budget.val_batch_size``
+    overrides it.
+    """
+    if budget.val_batch_size is not None:
+        return budget.val_batch_size
+    by_logits = VAL_LOGIT_ELEMENTS // (budget.batch_size * budget.seq_len * model_config.vocab_size)
+    return budget.batch_size * max(1, min(budget.val_batches, model_config.num_layers, by_logits))
+
+
 def prepare(
     model_config: ModelConfig, budget: TrainBudget, data: DataConfig, device: torch.device
 ) -> tuple[MoRLightningModule, MorDataModule, int | None]:
@@ -227,6 +247,7 @@ def prepare(
         seed=budget.seed,
         val_batches=budget.val_batches,
         train_tokens=total_steps * budget.tokens_per_step if total_steps is not None else None,
+        val_batch_size=validation_batch_size(model_config, budget),
     )
     datamodule.setup()  # data errors surface here, before anything is built
     torch.manual_seed(budget.seed)

@@ -111,3 +111,24 @@ def test_user_text_with_a_local_bpe(tmp_path: Path) -> None:
     assert math.isfinite(result.val_nll)
     with pytest.raises(DataError, match="beyond the model's vocabulary of 256 \\(tokenizer vocabulary 300\\)"):
         run_proxy(tiny_mor(vocab_size=256), steps_budget(6), data, device="cpu")
+
+
+def test_validation_forwards_take_as_many_batches_as_fit() -> None:
+    from morsearch.train.proxy import VAL_LOGIT_ELEMENTS, validation_batch_size
+
+    budget = steps_budget(batch_size=8, seq_len=32, val_batches=4)
+    assert validation_batch_size(tiny_mor(), budget) == 32  # the whole set in one forward
+    assert validation_batch_size(tiny_mor(num_layers=2, num_recursions=1, router="none"), budget) == 16  # <= layers
+    wide = tiny_mor(vocab_size=VAL_LOGIT_ELEMENTS // (8 * 32) // 2)  # room for two batches' logits
+    assert validation_batch_size(wide, budget) == 16
+    assert validation_batch_size(tiny_mor(), budget.replace(val_batch_size=8)) == 8
+
+
+def test_validation_batching_leaves_the_validation_nll_as_it_was() -> None:
+    budget = steps_budget(steps=20, val_batches=4)
+    one_batch = run_proxy(tiny_mor(), budget.replace(val_batch_size=budget.batch_size), DATA, device="cpu")
+    together = run_proxy(tiny_mor(), budget, DATA, device="cpu")
+    assert [tokens for tokens, _ in together.curve] == [tokens for tokens, _ in one_batch.curve]
+    for (_, a), (_, b) in zip(together.curve, one_batch.curve, strict=True):
+        assert a == pytest.approx(b, abs=1e-5)
+    assert together.routing == pytest.approx(one_batch.routing, abs=1e-6)

@@ -443,7 +443,8 @@ def summarise(raw: dict[str, Any], batches: list[int]) -> list[dict[str, Any]]:
     raw["decode_speedup_vs_vanilla"] = ratios
     equal_memory = {  # the paper's B=Max: each model at its batch within vanilla's memory at this batch
         str(batch): {
-            name: run["equal_memory"][str(batch)].get("decode_tokens_per_s", math.nan) / anchor(run["part"], batch)
+            name: run["equal_memory"][str(batch)].get("decode_tokens_per_s", math.nan)
+            / anchor(run.get("part", 1), batch)
             for name, run in runs.items()
             if str(batch) in run.get("equal_memory", {})
         }

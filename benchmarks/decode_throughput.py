@@ -221,7 +221,7 @@ def largest_batch_within(budget_bytes: int, points: list[tuple[int, int]], param
     weights at batch 0 and the only point.
     """
     (b0, m0), (b1, m1) = ((0, param_bytes), points[-1]) if len(points) == 1 else (points[-2], points[-1])
-    per_row = (m1 - m0) / (b1 - b0) if b1 != b0 else 0.0
+    per_row = (m1 - m0) / (b1 - b0)  # the points' batches differ: equal_memory_run never measures one twice
     if per_row <= 0:
         return b1
     return max(1, math.floor(b1 + (budget_bytes - m1) / per_row))
@@ -244,7 +244,7 @@ def equal_memory_run(
     tried: list[dict[str, Any]] = []
     for _ in range(tries):
         guess = largest_batch_within(budget_bytes, points, int(record["param_bytes"]))
-        if guess in {b for b, _ in points} or guess in {t["batch"] for t in tried}:
+        if guess in {b for b, _ in points}:
             break  # the line points at a batch already measured: converged
         m = measure_at(guess)
         if m is None:

@@ -132,3 +132,11 @@ def test_validation_batching_leaves_the_validation_nll_as_it_was() -> None:
     for (_, a), (_, b) in zip(together.curve, one_batch.curve, strict=True):
         assert a == pytest.approx(b, abs=1e-5)
     assert together.routing == pytest.approx(one_batch.routing, abs=1e-6)
+
+
+def test_the_validation_loader_takes_the_batched_size() -> None:
+    from morsearch.train.proxy import prepare, validation_batch_size
+
+    budget = steps_budget(batch_size=8, seq_len=32, val_batches=4)
+    _, datamodule, _ = prepare(tiny_mor(), budget, DATA, torch.device("cpu"))
+    assert datamodule.val_dataloader().batch_size == validation_batch_size(tiny_mor(), budget) == 32
